@@ -1,0 +1,2 @@
+//! Placeholder; the decode benchmark lands with the stream reader.
+fn main() {}

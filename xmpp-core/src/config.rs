@@ -1,0 +1,1 @@
+//! Contrail INI configuration loader (in progress).

@@ -1,0 +1,1 @@
+//! Contrail message payloads (in progress).

@@ -1,0 +1,1 @@
+//! rustls configuration from the Contrail certificate options (in progress).

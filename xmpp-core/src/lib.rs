@@ -17,4 +17,12 @@
 
 pub mod config;
 pub mod contrail;
+pub mod error;
+pub mod io;
+pub mod negotiate;
+pub mod stanza;
+pub mod stream;
 pub mod tls;
+pub mod xml;
+
+pub use error::Error;

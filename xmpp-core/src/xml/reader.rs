@@ -1,0 +1,478 @@
+//! Incremental, bounded framing of an XMPP byte stream (no I/O).
+//!
+//! Bytes are fed as they arrive, in any split; [`Reader::next_event`] yields the stream
+//! header, each complete top-level element, runs of inter-element whitespace (keepalives)
+//! and the stream close. The scan is resumable: every byte is looked at a bounded number of
+//! times however the input is split, so one byte at a time costs the same as one big read.
+//!
+//! Restricted XML (RFC 6120 §11.1): a DOCTYPE, a comment or a processing instruction is
+//! refused as `restricted-xml`; entity references other than the five predefined ones are
+//! refused when the element is parsed. Contrail tolerance (spec §2.2, §11): the keepalive
+//! bytes `C8 80` and `20 0A 0D 09` between elements, and an XML declaration in front of a
+//! stanza in mid-stream, are accepted.
+//!
+//! Bounds: an element larger than [`Limits::max_element_bytes`], nested deeper than
+//! [`Limits::max_depth`], or a header (with anything before it) larger than
+//! [`Limits::max_header_bytes`] is a `policy-violation`, detected while the bytes are still
+//! arriving: the buffer never holds more than one bound plus one read.
+
+use bytes::{Buf, Bytes, BytesMut};
+use memchr::memmem;
+
+use super::element::{Element, NsScope};
+use crate::error::Error;
+use crate::stanza::ns;
+
+/// Size and depth bounds for one stream. The defaults suit Contrail traffic: the largest
+/// Contrail stanzas seen in its tests are 27 KB IQs, and route items nest 9 deep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest top-level element (stanza) in bytes. Default 512 KiB.
+    pub max_element_bytes: usize,
+    /// Deepest element nesting inside a stanza (the stanza itself is depth 1). Default 32.
+    pub max_depth: usize,
+    /// Largest stream header, including any XML declaration and whitespace before it.
+    /// Default 8 KiB (Contrail's own encoder stops at 1024 bytes).
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_element_bytes: 512 * 1024,
+            max_depth: 32,
+            max_header_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// What the reader produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The stream header's start tag, as an element without children.
+    StreamOpen(Element),
+    /// A complete top-level element (stanza or nonza).
+    Element(Element),
+    /// A run of inter-element filler bytes (`20 0A 0D 09 C8 80`): a keepalive.
+    Whitespace(usize),
+    /// `</stream:stream>`.
+    StreamClose,
+}
+
+/// Outcome of one scanning step between items.
+enum Step {
+    Event(Event),
+    Continue,
+    NeedMore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Between top-level items (before the header too).
+    Between,
+    /// Inside a start tag; `quote` is the open attribute quote, if any.
+    Tag { quote: Option<u8> },
+    /// Inside an element's content.
+    Content,
+    /// Inside an end tag.
+    EndTag,
+    /// Inside a CDATA section.
+    CData,
+}
+
+/// The incremental stream reader. See the module documentation.
+#[derive(Debug)]
+pub struct Reader {
+    buf: BytesMut,
+    limits: Limits,
+    mode: Mode,
+    /// Resume position of the scan within `buf` (the current item starts at 0).
+    pos: usize,
+    /// Element nesting of the item being scanned.
+    depth: usize,
+    /// The stream header has been read (since the last restart).
+    header_seen: bool,
+    /// The qualified name of the stream element, for matching its close.
+    stream_name: String,
+    scope: NsScope,
+    closed: bool,
+}
+
+/// The inter-element filler set of the C++ framing (spec §2.2), tested byte-wise.
+#[inline]
+pub fn is_filler(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t' | 0xC8 | 0x80)
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+impl Reader {
+    /// A reader expecting a stream header.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(16 * 1024),
+            limits,
+            mode: Mode::Between,
+            pos: 0,
+            depth: 0,
+            header_seen: false,
+            stream_name: String::new(),
+            scope: NsScope::default(),
+            closed: false,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The receive buffer, for reading from a socket straight into it (`read_buf`).
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes received and not yet returned as events.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The namespace scope of the current stream (from its header).
+    pub fn scope(&self) -> &NsScope {
+        &self.scope
+    }
+
+    /// Whether the peer closed the stream.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Stream restart (after TLS or SASL): a new header is expected; buffered bytes are kept.
+    pub fn restart(&mut self) {
+        self.mode = Mode::Between;
+        self.pos = 0;
+        self.depth = 0;
+        self.header_seen = false;
+        self.stream_name.clear();
+        self.scope = NsScope::default();
+        self.closed = false;
+    }
+
+    /// Takes every buffered byte (the TLS handover: what the peer sent after `<proceed/>`
+    /// or `<starttls/>` belongs to the TLS layer, or is filler to discard).
+    pub fn take_buffered(&mut self) -> BytesMut {
+        self.pos = 0;
+        self.buf.split()
+    }
+
+    /// The next event, `Ok(None)` when more bytes are needed. An error is fatal to the
+    /// stream; the caller reports it to the peer (`Error::stream_condition`) and closes.
+    pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
+        if self.closed {
+            return Ok(None);
+        }
+        loop {
+            match self.mode {
+                Mode::Between => match self.between()? {
+                    Step::Event(ev) => return Ok(Some(ev)),
+                    Step::Continue => {}
+                    Step::NeedMore => return Ok(None),
+                },
+                Mode::Tag { quote } => {
+                    if let Some(ev) = self.tag(quote)? {
+                        return Ok(Some(ev));
+                    }
+                    if matches!(self.mode, Mode::Tag { .. }) {
+                        return self.need_more();
+                    }
+                }
+                Mode::Content => {
+                    let Some(off) = memchr::memchr(b'<', &self.buf[self.pos..]) else {
+                        self.pos = self.buf.len();
+                        return self.need_more();
+                    };
+                    let lt = self.pos + off;
+                    let Some(&next) = self.buf.get(lt + 1) else {
+                        self.pos = lt;
+                        return self.need_more();
+                    };
+                    match next {
+                        b'/' => {
+                            self.mode = Mode::EndTag;
+                            self.pos = lt + 2;
+                        }
+                        b'!' => {
+                            const CDATA: &[u8] = b"<![CDATA[";
+                            let avail = &self.buf[lt..];
+                            if avail.len() < CDATA.len() && CDATA.starts_with(avail) {
+                                self.pos = lt;
+                                return self.need_more();
+                            }
+                            if avail.starts_with(CDATA) {
+                                self.mode = Mode::CData;
+                                self.pos = lt + CDATA.len();
+                            } else if avail.starts_with(b"<!--") || b"<!--".starts_with(avail) {
+                                return Err(Error::RestrictedXml("comment".into()));
+                            } else {
+                                return Err(Error::RestrictedXml("markup declaration".into()));
+                            }
+                        }
+                        b'?' => {
+                            return Err(Error::RestrictedXml(
+                                "processing instruction inside an element".into(),
+                            ));
+                        }
+                        _ => {
+                            self.mode = Mode::Tag { quote: None };
+                            self.pos = lt + 1;
+                        }
+                    }
+                }
+                Mode::EndTag => {
+                    let Some(off) = memchr::memchr(b'>', &self.buf[self.pos..]) else {
+                        self.pos = self.buf.len();
+                        return self.need_more();
+                    };
+                    let gt = self.pos + off;
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return self.complete(gt + 1).map(Some);
+                    }
+                    self.mode = Mode::Content;
+                    self.pos = gt + 1;
+                }
+                Mode::CData => match memmem::find(&self.buf[self.pos..], b"]]>") {
+                    Some(off) => {
+                        self.mode = Mode::Content;
+                        self.pos += off + 3;
+                    }
+                    None => {
+                        // Keep the last two bytes: they may start "]]>".
+                        self.pos = self.buf.len().saturating_sub(2).max(self.pos);
+                        return self.need_more();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Between items: filler, a declaration, the stream close, or the start of an item.
+    fn between(&mut self) -> Result<Step, Error> {
+        let Some(&first) = self.buf.first() else {
+            return Ok(Step::NeedMore);
+        };
+        if is_filler(first) {
+            let n = self.buf.iter().take_while(|b| is_filler(**b)).count();
+            self.buf.advance(n);
+            return Ok(Step::Event(Event::Whitespace(n)));
+        }
+        if first != b'<' {
+            return Err(Error::NotWellFormed(
+                "character data between stanzas".to_owned(),
+            ));
+        }
+        let Some(&second) = self.buf.get(1) else {
+            return Ok(Step::NeedMore);
+        };
+        match second {
+            b'?' => {
+                // Contrail writes `<?xml version="1.0"?>` in front of some stanzas
+                // mid-stream (spec §2.2); any other processing instruction is restricted.
+                let Some(end) = memmem::find(&self.buf, b"?>") else {
+                    return self.need_more_header().map(|()| Step::NeedMore);
+                };
+                let pi = &self.buf[..end];
+                let is_decl =
+                    pi.len() > 5 && pi.starts_with(b"<?xml") && super::element::is_xml_space(pi[5]);
+                if !is_decl {
+                    return Err(Error::RestrictedXml("processing instruction".into()));
+                }
+                self.buf.advance(end + 2);
+                Ok(Step::Continue)
+            }
+            b'!' => {
+                let avail = &self.buf[..self.buf.len().min(9)];
+                if avail.starts_with(b"<!--") {
+                    Err(Error::RestrictedXml("comment".into()))
+                } else if avail.starts_with(b"<!D") {
+                    Err(Error::RestrictedXml("DOCTYPE".into()))
+                } else if avail.len() < 4 {
+                    Ok(Step::NeedMore)
+                } else {
+                    Err(Error::RestrictedXml("markup declaration".into()))
+                }
+            }
+            b'/' => {
+                let Some(gt) = memchr::memchr(b'>', &self.buf) else {
+                    return self.need_more_header().map(|()| Step::NeedMore);
+                };
+                let name = self.buf[2..gt].trim_ascii();
+                if !self.header_seen || name != self.stream_name.as_bytes() {
+                    return Err(Error::NotWellFormed(format!(
+                        "unexpected end tag </{}>",
+                        String::from_utf8_lossy(name)
+                    )));
+                }
+                self.buf.advance(gt + 1);
+                self.closed = true;
+                Ok(Step::Event(Event::StreamClose))
+            }
+            _ => {
+                self.mode = Mode::Tag { quote: None };
+                self.pos = 1;
+                self.depth = 0;
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Inside a start tag: find its `>` outside attribute quotes.
+    fn tag(&mut self, mut quote: Option<u8>) -> Result<Option<Event>, Error> {
+        loop {
+            let hay = &self.buf[self.pos..];
+            match quote {
+                Some(q) => match memchr::memchr2(q, b'<', hay) {
+                    Some(off) if hay[off] == b'<' => {
+                        return Err(Error::NotWellFormed("'<' in an attribute value".into()));
+                    }
+                    Some(off) => {
+                        quote = None;
+                        self.pos += off + 1;
+                    }
+                    None => {
+                        self.pos = self.buf.len();
+                        self.mode = Mode::Tag { quote };
+                        return Ok(None);
+                    }
+                },
+                None => match memchr::memchr3(b'>', b'"', b'\'', hay) {
+                    Some(off) if hay[off] == b'>' => {
+                        let gt = self.pos + off;
+                        let self_closing = gt > 0 && self.buf[gt - 1] == b'/';
+                        return self.tag_end(gt, self_closing);
+                    }
+                    Some(off) => {
+                        quote = Some(hay[off]);
+                        self.pos += off + 1;
+                    }
+                    None => {
+                        self.pos = self.buf.len();
+                        self.mode = Mode::Tag { quote: None };
+                        return Ok(None);
+                    }
+                },
+            }
+        }
+    }
+
+    fn tag_end(&mut self, gt: usize, self_closing: bool) -> Result<Option<Event>, Error> {
+        if !self.header_seen {
+            return self.header(gt, self_closing).map(Some);
+        }
+        if self_closing {
+            if self.depth == 0 {
+                return self.complete(gt + 1).map(Some);
+            }
+        } else {
+            self.depth += 1;
+            if self.depth > self.limits.max_depth {
+                return Err(Error::PolicyViolation(format!(
+                    "element nesting deeper than {}",
+                    self.limits.max_depth
+                )));
+            }
+        }
+        self.mode = Mode::Content;
+        self.pos = gt + 1;
+        Ok(None)
+    }
+
+    /// The stream header's start tag is complete at `buf[gt]`.
+    fn header(&mut self, gt: usize, self_closing: bool) -> Result<Event, Error> {
+        if gt + 1 > self.limits.max_header_bytes {
+            return Err(self.header_too_large());
+        }
+        if self_closing {
+            return Err(Error::BadFormat("self-closing stream header".into()));
+        }
+        let mut tag = Vec::with_capacity(gt + 2);
+        tag.extend_from_slice(&self.buf[..gt]);
+        tag.extend_from_slice(b"/>");
+        let header = Element::parse(&tag, &NsScope::default())?;
+        if header.local_name() != "stream" || header.ns() != ns::STREAM {
+            return Err(Error::InvalidNamespace(format!(
+                "expected a stream header, got <{}> in namespace '{}'",
+                header.name(),
+                header.ns()
+            )));
+        }
+        self.buf.advance(gt + 1);
+        self.pos = 0;
+        self.mode = Mode::Between;
+        self.header_seen = true;
+        self.stream_name = header.name().to_owned();
+        self.scope = NsScope::for_stream(&header);
+        Ok(Event::StreamOpen(header))
+    }
+
+    /// A top-level element ends at `buf[..end]`.
+    fn complete(&mut self, end: usize) -> Result<Event, Error> {
+        if end > self.limits.max_element_bytes {
+            return Err(self.element_too_large());
+        }
+        let bytes: Bytes = self.buf.split_to(end).freeze();
+        self.pos = 0;
+        self.depth = 0;
+        self.mode = Mode::Between;
+        let el = Element::parse(&bytes, &self.scope)?;
+        Ok(Event::Element(el))
+    }
+
+    fn need_more(&self) -> Result<Option<Event>, Error> {
+        if !self.header_seen {
+            self.need_more_header()?;
+        } else if self.buf.len() > self.limits.max_element_bytes {
+            return Err(self.element_too_large());
+        }
+        Ok(None)
+    }
+
+    fn need_more_header(&self) -> Result<(), Error> {
+        let bound = if self.header_seen {
+            self.limits.max_element_bytes
+        } else {
+            self.limits.max_header_bytes
+        };
+        if self.buf.len() > bound {
+            return Err(if self.header_seen {
+                self.element_too_large()
+            } else {
+                self.header_too_large()
+            });
+        }
+        Ok(())
+    }
+
+    fn element_too_large(&self) -> Error {
+        Error::PolicyViolation(format!(
+            "stanza larger than {} bytes",
+            self.limits.max_element_bytes
+        ))
+    }
+
+    fn header_too_large(&self) -> Error {
+        Error::PolicyViolation(format!(
+            "stream header larger than {} bytes",
+            self.limits.max_header_bytes
+        ))
+    }
+}

@@ -1281,6 +1281,28 @@ fn closest_section(schema: &Schema, name: &str) -> Option<&'static str> {
         .map(|(_, name)| name)
 }
 
+/// Maps Contrail's sandesh log levels onto `tracing` filters; anything else is passed
+/// through (so `debug` or `control_node=trace` work too).
+pub fn log_filter(level: &str) -> String {
+    match level {
+        "SYS_EMERG" | "SYS_ALERT" | "SYS_CRIT" | "SYS_ERR" => "error",
+        "SYS_WARN" => "warn",
+        "SYS_NOTICE" | "SYS_INFO" => "info",
+        "SYS_DEBUG" => "debug",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// The machine's host name, as `gethostname()` gives it (read from the kernel).
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,3 +49,6 @@ pub struct Negotiated {
     /// binding continue.
     pub features: Option<Features>,
 }
+
+#[cfg(test)]
+mod tests;

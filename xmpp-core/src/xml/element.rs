@@ -233,7 +233,9 @@ impl Element {
     }
 
     /// Writes the element and its subtree. Whitespace-only text nodes are skipped in the
-    /// indented styles (the layout supplies its own), as pugixml does.
+    /// indented styles (the layout supplies its own; pugixml drops them when parsing). An
+    /// empty text node is kept: it is how a built element asks for `<name></name>`, the
+    /// form the Contrail generated encoders use for empty strings (spec §2.4).
     pub fn write(&self, w: &mut XmlWriter<'_>) {
         w.start(Cow::Owned(self.name.clone()));
         for (k, v) in &self.attrs {
@@ -243,7 +245,7 @@ impl Element {
         for n in &self.children {
             match n {
                 Node::Element(e) => e.write(w),
-                Node::Text(t) if indented && t.bytes().all(|b| b.is_ascii_whitespace()) => {}
+                Node::Text(t) if indented && !t.is_empty() && t.bytes().all(is_xml_space) => {}
                 Node::Text(t) => w.text(t),
             }
         }
@@ -294,7 +296,13 @@ impl Element {
                 }
                 Event::Text(t) => {
                     if let Some((el, _)) = stack.last_mut() {
-                        push_text(el, &t.xml10_content());
+                        // XML 1.0 §2.4: "]]>" may not appear literally in content.
+                        if t.contains("]]>") {
+                            return Err(Error::NotWellFormed("']]>' in character data".into()));
+                        }
+                        let content = t.xml10_content();
+                        check_chars(&content)?;
+                        push_text(el, &content);
                     } else if !t.bytes().all(is_xml_space) {
                         return Err(Error::NotWellFormed("text outside the element".into()));
                     }
@@ -303,7 +311,9 @@ impl Element {
                     let Some((el, _)) = stack.last_mut() else {
                         return Err(Error::NotWellFormed("CDATA outside the element".into()));
                     };
-                    push_text(el, &t.xml10_content());
+                    let content = t.xml10_content();
+                    check_chars(&content)?;
+                    push_text(el, &content);
                 }
                 Event::GeneralRef(r) => {
                     let Some((el, _)) = stack.last_mut() else {
@@ -373,6 +383,63 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<String, Erro
     }
 }
 
+/// Rejects characters XML 1.0 §2.2 does not allow, literal or by character reference:
+/// C0 controls other than tab, LF and CR, and U+FFFE/U+FFFF (surrogates cannot occur in a
+/// `str`). quick-xml passes them through; the C++ peers would choke on them, and our
+/// writer could not give them back.
+fn check_chars(s: &str) -> Result<(), Error> {
+    let bytes = s.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let bad = match b {
+            0x00..=0x08 | 0x0B | 0x0C | 0x0E..=0x1F => true,
+            // U+FFFE / U+FFFF are EF BF BE / EF BF BF.
+            0xEF => matches!(bytes.get(i + 1..i + 3), Some([0xBF, 0xBE | 0xBF])),
+            _ => false,
+        };
+        if bad {
+            let c = s[i..].chars().next().unwrap_or_default();
+            return Err(Error::NotWellFormed(format!(
+                "character U+{:04X} is not allowed in XML",
+                c as u32
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// XML 1.0 (5th ed.) §2.3 `NameStartChar`.
+fn is_name_start_char(c: char) -> bool {
+    matches!(c,
+        ':' | 'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 (5th ed.) §2.3 `NameChar`.
+fn is_name_char(c: char) -> bool {
+    is_name_start_char(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// A qualified name (Namespaces in XML §4): a name with at most one colon, not at either
+/// end. Names are written back unescaped, so one that is not a name must not get in.
+fn check_qname(name: &str) -> Result<(), Error> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c != ':' && is_name_start_char(c))
+        && chars.all(is_name_char)
+        && name.matches(':').count() <= 1
+        && !name.ends_with(':');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::NotWellFormed(format!("invalid name '{name}'")))
+    }
+}
+
 fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
@@ -384,10 +451,12 @@ pub(crate) fn open_element(
     scopes: &mut Vec<Cow<'_, NsScope>>,
 ) -> Result<Element, Error> {
     let name = start.name().as_ref().to_owned();
+    check_qname(&name)?;
     let mut el = Element::new(name);
     for attr in start.attributes() {
         let attr = attr.map_err(|e| Error::NotWellFormed(e.to_string()))?;
         let key = attr.key.as_ref().to_owned();
+        check_qname(&key)?;
         let value = attr
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|e| match e {
@@ -397,6 +466,11 @@ pub(crate) fn open_element(
                 other => Error::NotWellFormed(other.to_string()),
             })?
             .into_owned();
+        check_chars(&value)?;
+        if key.starts_with("xmlns:") && value.is_empty() {
+            // Namespaces in XML 1.0 §3: a prefix cannot be undeclared.
+            return Err(Error::NotWellFormed(format!("empty namespace for {key}")));
+        }
         if el.attrs.iter().any(|(k, _)| *k == key) {
             return Err(Error::NotWellFormed(format!("duplicate attribute {key}")));
         }
@@ -415,5 +489,18 @@ pub(crate) fn open_element(
     el.ns = scope.and_then(|s| s.resolve(el.prefix())).ok_or_else(|| {
         Error::NotWellFormed(format!("undeclared namespace prefix in <{}>", el.name))
     })?;
+    // A prefixed attribute needs its prefix declared too (unprefixed ones are in no
+    // namespace; `xmlns:` declarations are not attributes in this sense).
+    for (k, _) in &el.attrs {
+        if let Some((p, _)) = k.split_once(':')
+            && p != "xmlns"
+            && scope.and_then(|s| s.resolve(Some(p))).is_none()
+        {
+            return Err(Error::NotWellFormed(format!(
+                "undeclared namespace prefix in attribute {k} of <{}>",
+                el.name
+            )));
+        }
+    }
     Ok(el)
 }

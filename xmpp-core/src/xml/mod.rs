@@ -9,3 +9,6 @@ mod writer;
 pub use element::{Element, Node, NsScope};
 pub use reader::{Event, Limits, Reader, is_filler};
 pub use writer::{Style, XmlWriter, escape_into};
+
+#[cfg(test)]
+mod tests;

@@ -78,6 +78,10 @@ enum Mode {
     EndTag,
     /// Inside a CDATA section.
     CData,
+    /// Inside `<?…` between items: only an XML declaration is accepted (spec §2.2).
+    Pi,
+    /// Inside `</…` between items: only the stream's own end tag is accepted.
+    Close,
 }
 
 /// The incremental stream reader. See the module documentation.
@@ -92,6 +96,9 @@ pub struct Reader {
     depth: usize,
     /// The stream header has been read (since the last restart).
     header_seen: bool,
+    /// Bytes consumed before the header (filler, XML declarations) since the last
+    /// restart; they count against [`Limits::max_header_bytes`] with the header itself.
+    pre_header: usize,
     /// The qualified name of the stream element, for matching its close.
     stream_name: String,
     scope: NsScope,
@@ -120,6 +127,7 @@ impl Reader {
             pos: 0,
             depth: 0,
             header_seen: false,
+            pre_header: 0,
             stream_name: String::new(),
             scope: NsScope::default(),
             closed: false,
@@ -162,6 +170,7 @@ impl Reader {
         self.pos = 0;
         self.depth = 0;
         self.header_seen = false;
+        self.pre_header = 0;
         self.stream_name.clear();
         self.scope = NsScope::default();
         self.closed = false;
@@ -170,7 +179,9 @@ impl Reader {
     /// Takes every buffered byte (the TLS handover: what the peer sent after `<proceed/>`
     /// or `<starttls/>` belongs to the TLS layer, or is filler to discard).
     pub fn take_buffered(&mut self) -> BytesMut {
+        self.mode = Mode::Between;
         self.pos = 0;
+        self.depth = 0;
         self.buf.split()
     }
 
@@ -261,6 +272,17 @@ impl Reader {
                         return self.need_more();
                     }
                 },
+                Mode::Pi => {
+                    if !self.pi()? {
+                        return self.need_more();
+                    }
+                }
+                Mode::Close => {
+                    if let Some(ev) = self.close_tag()? {
+                        return Ok(Some(ev));
+                    }
+                    return self.need_more();
+                }
             }
         }
     }
@@ -273,6 +295,7 @@ impl Reader {
         if is_filler(first) {
             let n = self.buf.iter().take_while(|b| is_filler(**b)).count();
             self.buf.advance(n);
+            self.count_pre_header(n)?;
             return Ok(Step::Event(Event::Whitespace(n)));
         }
         if first != b'<' {
@@ -285,18 +308,8 @@ impl Reader {
         };
         match second {
             b'?' => {
-                // Contrail writes `<?xml version="1.0"?>` in front of some stanzas
-                // mid-stream (spec §2.2); any other processing instruction is restricted.
-                let Some(end) = memmem::find(&self.buf, b"?>") else {
-                    return self.need_more_header().map(|()| Step::NeedMore);
-                };
-                let pi = &self.buf[..end];
-                let is_decl =
-                    pi.len() > 5 && pi.starts_with(b"<?xml") && super::element::is_xml_space(pi[5]);
-                if !is_decl {
-                    return Err(Error::RestrictedXml("processing instruction".into()));
-                }
-                self.buf.advance(end + 2);
+                self.mode = Mode::Pi;
+                self.pos = 2;
                 Ok(Step::Continue)
             }
             b'!' => {
@@ -311,20 +324,13 @@ impl Reader {
                     Err(Error::RestrictedXml("markup declaration".into()))
                 }
             }
+            b'/' if !self.header_seen => Err(Error::NotWellFormed(
+                "end tag before the stream header".to_owned(),
+            )),
             b'/' => {
-                let Some(gt) = memchr::memchr(b'>', &self.buf) else {
-                    return self.need_more_header().map(|()| Step::NeedMore);
-                };
-                let name = self.buf[2..gt].trim_ascii();
-                if !self.header_seen || name != self.stream_name.as_bytes() {
-                    return Err(Error::NotWellFormed(format!(
-                        "unexpected end tag </{}>",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-                self.buf.advance(gt + 1);
-                self.closed = true;
-                Ok(Step::Event(Event::StreamClose))
+                self.mode = Mode::Close;
+                self.pos = 2;
+                Ok(Step::Continue)
             }
             _ => {
                 self.mode = Mode::Tag { quote: None };
@@ -333,6 +339,64 @@ impl Reader {
                 Ok(Step::Continue)
             }
         }
+    }
+
+    /// Inside `<?…` between items. Contrail writes `<?xml version="1.0"?>` in front of some
+    /// stanzas mid-stream (spec §2.2); any other processing instruction is restricted, and
+    /// is refused as soon as its target shows it is not `xml`. Resumes at `pos`, so a long
+    /// declaration arriving byte by byte is scanned once. Returns false when more bytes are
+    /// needed.
+    fn pi(&mut self) -> Result<bool, Error> {
+        let head = &self.buf[..self.buf.len().min(6)];
+        let is_decl = head.iter().zip(b"<?xml").all(|(a, b)| a == b)
+            && (head.len() < 6 || super::element::is_xml_space(head[5]));
+        if !is_decl {
+            return Err(Error::RestrictedXml("processing instruction".into()));
+        }
+        let Some(off) = memmem::find(&self.buf[self.pos..], b"?>") else {
+            // Keep the last byte: it may be the '?' of "?>".
+            self.pos = self.buf.len().saturating_sub(1).max(self.pos);
+            return Ok(false);
+        };
+        let end = self.pos + off + 2;
+        self.buf.advance(end);
+        self.count_pre_header(end)?;
+        self.pos = 0;
+        self.mode = Mode::Between;
+        Ok(true)
+    }
+
+    /// Inside `</…` between items: only the stream's own close is allowed there.
+    fn close_tag(&mut self) -> Result<Option<Event>, Error> {
+        let Some(off) = memchr::memchr(b'>', &self.buf[self.pos..]) else {
+            self.pos = self.buf.len();
+            return Ok(None);
+        };
+        let gt = self.pos + off;
+        let name = self.buf[2..gt].trim_ascii();
+        if !self.header_seen || name != self.stream_name.as_bytes() {
+            return Err(Error::NotWellFormed(format!(
+                "unexpected end tag </{}>",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        self.buf.advance(gt + 1);
+        self.pos = 0;
+        self.mode = Mode::Between;
+        self.closed = true;
+        Ok(Some(Event::StreamClose))
+    }
+
+    /// Accounts for `n` bytes consumed before the stream header.
+    fn count_pre_header(&mut self, n: usize) -> Result<(), Error> {
+        if self.header_seen {
+            return Ok(());
+        }
+        self.pre_header += n;
+        if self.pre_header > self.limits.max_header_bytes {
+            return Err(self.header_too_large());
+        }
+        Ok(())
     }
 
     /// Inside a start tag: find its `>` outside attribute quotes.
@@ -378,18 +442,20 @@ impl Reader {
         if !self.header_seen {
             return self.header(gt, self_closing).map(Some);
         }
+        // A self-closing element is as deep as one with an end tag: it counts too.
+        let depth = self.depth + 1;
+        if depth > self.limits.max_depth {
+            return Err(Error::PolicyViolation(format!(
+                "element nesting deeper than {}",
+                self.limits.max_depth
+            )));
+        }
         if self_closing {
             if self.depth == 0 {
                 return self.complete(gt + 1).map(Some);
             }
         } else {
-            self.depth += 1;
-            if self.depth > self.limits.max_depth {
-                return Err(Error::PolicyViolation(format!(
-                    "element nesting deeper than {}",
-                    self.limits.max_depth
-                )));
-            }
+            self.depth = depth;
         }
         self.mode = Mode::Content;
         self.pos = gt + 1;
@@ -398,7 +464,7 @@ impl Reader {
 
     /// The stream header's start tag is complete at `buf[gt]`.
     fn header(&mut self, gt: usize, self_closing: bool) -> Result<Event, Error> {
-        if gt + 1 > self.limits.max_header_bytes {
+        if self.pre_header + gt + 1 > self.limits.max_header_bytes {
             return Err(self.header_too_large());
         }
         if self_closing {
@@ -437,29 +503,19 @@ impl Reader {
         Ok(Event::Element(el))
     }
 
+    /// More bytes are needed for the item being scanned: every buffered byte belongs to
+    /// it, so the buffer size is the item's size so far (plus, before the header, what was
+    /// consumed ahead of it). Checking here is what catches an oversized item while it is
+    /// still arriving.
     fn need_more(&self) -> Result<Option<Event>, Error> {
         if !self.header_seen {
-            self.need_more_header()?;
+            if self.pre_header + self.buf.len() > self.limits.max_header_bytes {
+                return Err(self.header_too_large());
+            }
         } else if self.buf.len() > self.limits.max_element_bytes {
             return Err(self.element_too_large());
         }
         Ok(None)
-    }
-
-    fn need_more_header(&self) -> Result<(), Error> {
-        let bound = if self.header_seen {
-            self.limits.max_element_bytes
-        } else {
-            self.limits.max_header_bytes
-        };
-        if self.buf.len() > bound {
-            return Err(if self.header_seen {
-                self.element_too_large()
-            } else {
-                self.header_too_large()
-            });
-        }
-        Ok(())
     }
 
     fn element_too_large(&self) -> Error {

@@ -183,27 +183,43 @@ impl<'a> XmlWriter<'a> {
 
 /// Escapes `text` into `out`. Attribute values escape `& < > "` and the whitespace
 /// characters that attribute-value normalisation would otherwise fold (`\t \n \r`);
-/// text escapes `& < >`. Characters XML 1.0 cannot carry at all (C0 controls other than
-/// tab, LF, CR) are replaced by U+FFFD rather than producing a document the peer rejects.
+/// text escapes `& < >`, and `\r`, which end-of-line normalisation would otherwise turn
+/// into `\n` (pugixml escapes it there too). Characters XML 1.0 cannot carry at all (C0
+/// controls other than tab, LF, CR, and U+FFFE/U+FFFF) are replaced by U+FFFD rather than
+/// producing a document the peer rejects.
 pub fn escape_into(out: &mut BytesMut, text: &str, attr: bool) {
+    const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
     let bytes = text.as_bytes();
     let mut last = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'"' if attr => b"&quot;",
-            b'\t' if attr => b"&#9;",
-            b'\n' if attr => b"&#10;",
-            b'\r' if attr => b"&#13;",
-            b'\t' | b'\n' | b'\r' => continue,
-            0x00..=0x1f => "\u{FFFD}".as_bytes(),
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (rep, len): (&[u8], usize) = match b {
+            b'&' => (b"&amp;", 1),
+            b'<' => (b"&lt;", 1),
+            b'>' => (b"&gt;", 1),
+            b'"' if attr => (b"&quot;", 1),
+            b'\t' if attr => (b"&#9;", 1),
+            b'\n' if attr => (b"&#10;", 1),
+            b'\r' => (b"&#13;", 1),
+            b'\t' | b'\n' => {
+                i += 1;
+                continue;
+            }
+            0x00..=0x1f => (REPLACEMENT, 1),
+            // U+FFFE and U+FFFF (EF BF BE, EF BF BF): not XML characters either.
+            0xEF if matches!(bytes.get(i + 1..i + 3), Some([0xBF, 0xBE | 0xBF])) => {
+                (REPLACEMENT, 3)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.put_slice(&bytes[last..i]);
         out.put_slice(rep);
-        last = i + 1;
+        i += len;
+        last = i;
     }
     out.put_slice(&bytes[last..]);
 }

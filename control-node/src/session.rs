@@ -1,0 +1,468 @@
+//! One agent's session: negotiation, identity checks, the BGP channel (subscribe,
+//! publish/collection, spec §6), fan-out delivery and end-of-RIB.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+use xmpp_core::contrail::message::{RouteChange, encode_changes, write_control_eor};
+use xmpp_core::contrail::pubsub::{AgentRequest, PairOutcome, PublishPairer, RouteUpdate};
+use xmpp_core::contrail::{Family, RouteEntry};
+use xmpp_core::io::{Incoming, XmppStream, accept};
+use xmpp_core::negotiate::ServerPolicy;
+use xmpp_core::stanza::{Iq, Message, ns};
+use xmpp_core::stream::Condition;
+use xmpp_core::xml::Element;
+use xmpp_core::{Error, tls};
+
+use crate::rib::{Delivery, MembershipError, RouteKey, SessionId};
+use crate::server::{Path, SessionHandle, SessionStats, Shared, lock};
+
+/// The fabric VRF: the master instance, where unicast labels are zero (spec §6.4).
+pub const FABRIC_VRF: &str = "default-domain:default-project:ip-fabric:__default__";
+
+/// Deliveries drained from the queue into one write.
+const BATCH: usize = 1024;
+
+/// Runs one accepted connection to its end.
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
+    let id = shared.next_id();
+    let span = info_span!("session", id, peer = %remote);
+    async move {
+        let local = tcp.local_addr().ok();
+        let settings = &shared.settings;
+        let policy = ServerPolicy {
+            tls_required: settings.tls.is_some(),
+            host_name: settings.hostname.clone(),
+            limits: settings.limits,
+        };
+        let tls_cfg = settings.tls.as_ref().map(tls::ServerTls::current);
+        let negotiated = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            r = accept(tcp, policy, tls_cfg, settings.timing) => r,
+        };
+        let mut stream = match negotiated {
+            Ok(s) => s,
+            Err(e) => {
+                shared
+                    .metrics
+                    .negotiation_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, tls_required = settings.tls.is_some(),
+                    "session refused during stream negotiation");
+                return;
+            }
+        };
+        let name = match admit(&shared, &stream, id, remote) {
+            Ok(name) => name,
+            Err(e) => {
+                shared.metrics.identity_refusals.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "session refused");
+                stream.close(Some(&e)).await;
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(settings.send_queue_len);
+        let tls_version = stream
+            .transport()
+            .tls_version()
+            .map(|v| format!("{v:?}"));
+        let handle = Arc::new(SessionHandle {
+            id,
+            name: name.clone(),
+            remote,
+            local,
+            tls: stream.negotiated().tls,
+            tls_version,
+            dialect: stream.negotiated().dialect,
+            tx,
+            kill: CancellationToken::new(),
+            kill_reason: Mutex::new(None),
+            stats: SessionStats {
+                routes_received: Default::default(),
+                routes_sent: Default::default(),
+                stanzas_received: Default::default(),
+                last_event: Mutex::new("xmsm::EvXmppOpen"),
+                established_at: SystemTime::now(),
+            },
+        });
+        shared.register(handle.clone());
+        shared.metrics.established.fetch_add(1, Ordering::Relaxed);
+        info!(agent = %name, tls = handle.tls, tls_version = handle.tls_version.as_deref().unwrap_or("-"),
+            dialect = %handle.dialect, "session up");
+
+        let mut session = Session {
+            shared: &shared,
+            handle: &handle,
+            pairer: PublishPairer::new(),
+            last_activity: Instant::now(),
+        };
+        let result = session.serve(&mut stream, rx).await;
+        let reason = match &result {
+            Ok(()) => "shutdown".to_owned(),
+            Err(e) => lock(&handle.kill_reason)
+                .clone()
+                .unwrap_or_else(|| e.to_string()),
+        };
+        if matches!(result, Err(Error::Unexpected { .. } | Error::PolicyViolation(_)))
+            || reason.contains("membership")
+        {
+            shared.metrics.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.unregister(&handle, &reason);
+        info!(agent = %name, reason = %reason, "session down");
+        let err = result.err().or(Some(Error::Shutdown));
+        stream.close(err.as_ref()).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Checks who the peer says it is: a name is required; with TLS, the name must be the
+/// certificate's CN or a subject alternative name (unless `xmpp_check_peer_name=false`);
+/// and the name must not be held by another live session (spec §5.6).
+fn admit(
+    shared: &Shared,
+    stream: &XmppStream<TcpStream>,
+    id: SessionId,
+    remote: SocketAddr,
+) -> Result<String, Error> {
+    let header = &stream.negotiated().peer_header;
+    let name = header.from.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err(Error::Identity {
+            detail: "the stream header has no 'from' (agent name)".into(),
+            condition: Condition::InvalidFrom,
+        });
+    }
+    if stream.negotiated().tls && shared.settings.check_peer_name {
+        let certs = stream.transport().peer_certificates().unwrap_or(&[]);
+        let identity = tls::peer_identity(certs).map_err(|e| Error::Identity {
+            detail: e.to_string(),
+            condition: Condition::InvalidFrom,
+        })?;
+        if !identity.matches_name(&name) {
+            return Err(Error::Identity {
+                detail: format!(
+                    "agent name {name:?} matches neither the CN nor a subject alternative name \
+                     of its certificate ({identity:?}); set xmpp_check_peer_name=false only for \
+                     legacy certificates"
+                ),
+                condition: Condition::InvalidFrom,
+            });
+        }
+    }
+    shared
+        .claim_name(&name, id, remote.ip())
+        .map_err(|detail| Error::Identity {
+            detail,
+            condition: Condition::Conflict,
+        })?;
+    Ok(name)
+}
+
+enum Ev {
+    In(Result<Incoming, Error>),
+    Out(Option<Delivery<Path>>),
+    EorCheck,
+    Killed,
+    Shutdown,
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    handle: &'a SessionHandle,
+    pairer: PublishPairer,
+    /// Last IQ or message received or sent (the end-of-RIB quiet period, spec §5.8).
+    last_activity: Instant,
+}
+
+impl Session<'_> {
+    async fn serve(
+        &mut self,
+        stream: &mut XmppStream<TcpStream>,
+        mut rx: mpsc::Receiver<Delivery<Path>>,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut eor_sent = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let ev = tokio::select! {
+                biased;
+                () = self.handle.kill.cancelled() => Ev::Killed,
+                () = self.shared.shutdown.cancelled() => Ev::Shutdown,
+                d = rx.recv() => Ev::Out(d),
+                r = stream.next() => Ev::In(r),
+                _ = tick.tick(), if !eor_sent => Ev::EorCheck,
+            };
+            match ev {
+                Ev::Killed => {
+                    let reason = lock(&self.handle.kill_reason).clone().unwrap_or_default();
+                    return Err(Error::PolicyViolation(reason));
+                }
+                Ev::Shutdown => return Ok(()),
+                Ev::Out(None) => return Ok(()),
+                Ev::Out(Some(first)) => {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    self.send_deliveries(stream, &batch);
+                    stream.flush().await?;
+                }
+                Ev::In(r) => match r? {
+                    Incoming::Keepalive => self.event("xmsm::EvXmppKeepalive"),
+                    Incoming::Element(el) => {
+                        self.handle
+                            .stats
+                            .stanzas_received
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.last_activity = Instant::now();
+                        let mine = self.on_element(&el)?;
+                        if !mine.is_empty() {
+                            self.send_deliveries(stream, &mine);
+                            stream.flush().await?;
+                        }
+                    }
+                },
+                Ev::EorCheck => {
+                    let now = Instant::now();
+                    let s = &self.shared.settings;
+                    if now.duration_since(self.last_activity) >= s.eor_quiet
+                        || now.duration_since(started) >= s.eor_max
+                    {
+                        write_control_eor(stream.out_mut(), &self.handle.name);
+                        stream.flush().await?;
+                        eor_sent = true;
+                        debug!("end-of-RIB sent");
+                    }
+                }
+            }
+        }
+    }
+
+    fn event(&self, name: &'static str) {
+        *lock(&self.handle.stats.last_event) = name;
+    }
+
+    /// Handles one received element; returns deliveries for this session itself (the
+    /// initial dump of a subscribed VRF).
+    fn on_element(&mut self, el: &Element) -> Result<Vec<Delivery<Path>>, Error> {
+        if Iq::matches(el) {
+            self.event("xmsm::EvXmppIqStanza");
+            if el.get_attr("type") != Some("set") {
+                debug!(iq_type = ?el.get_attr("type"), "ignoring iq that is not a set");
+                return Ok(Vec::new());
+            }
+            let req = match AgentRequest::from_iq(el) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The C++ control node aborts on an IQ it cannot parse; we drop it.
+                    warn!(error = %e, "dropping iq");
+                    return Ok(Vec::new());
+                }
+            };
+            return match self.pairer.push(req) {
+                PairOutcome::Pass(req) => self.on_membership(req),
+                PairOutcome::Deliver(update) => self.on_update(update).map(|()| Vec::new()),
+                PairOutcome::Buffered { replaced } => {
+                    if let Some(node) = replaced {
+                        warn!(%node, "publish without collection replaced by a newer one");
+                    }
+                    Ok(Vec::new())
+                }
+                PairOutcome::Discarded(d) => {
+                    warn!(discard = ?d, "discarding publish/collection");
+                    Ok(Vec::new())
+                }
+            };
+        }
+        if Message::matches(el) {
+            self.event("xmsm::EvXmppMessageStanza");
+            let eor = el
+                .find_descendant("items")
+                .is_some_and(|i| i.get_attr("node") == Some(ns::EOR_NODE));
+            if eor {
+                info!("agent end-of-RIB received");
+            } else {
+                debug!("ignoring message from agent");
+            }
+            return Ok(Vec::new());
+        }
+        debug!(element = el.name(), "ignoring element");
+        Ok(Vec::new())
+    }
+
+    fn on_membership(&mut self, req: AgentRequest) -> Result<Vec<Delivery<Path>>, Error> {
+        let id = self.handle.id;
+        let result = match req {
+            AgentRequest::Subscribe {
+                vrf, instance_id, ..
+            } => {
+                info!(%vrf, ?instance_id, "subscribe");
+                self.shared
+                    .with_rib(id, |rib| rib.subscribe(id, &vrf, instance_id))
+            }
+            AgentRequest::Unsubscribe { vrf } => {
+                info!(%vrf, "unsubscribe");
+                self.shared.with_rib(id, |rib| rib.unsubscribe(id, &vrf))
+            }
+            AgentRequest::Publish { .. } | AgentRequest::Collection { .. } => Ok(Vec::new()),
+        };
+        result.map_err(membership)
+    }
+
+    fn on_update(&mut self, update: RouteUpdate) -> Result<(), Error> {
+        if update.is_end_of_rib() {
+            info!("agent end-of-RIB received (iq form)");
+            return Ok(());
+        }
+        let Some(family) = update.family() else {
+            warn!(node = %update.node, "dropping publish with an unknown family");
+            return Ok(());
+        };
+        if !matches!(family, Family::Inet | Family::Inet6) {
+            warn!(node = %update.node, %family, "dropping publish: family not supported");
+            return Ok(());
+        }
+        let master = update.vrf == FABRIC_VRF;
+        let id = self.handle.id;
+        for item in update.route_entries() {
+            let checked = item.and_then(|e| {
+                if update.add {
+                    e.validate_publish(family, master)?;
+                } else {
+                    e.validate_withdraw(family)?;
+                }
+                Ok(e)
+            });
+            let entry = match checked {
+                Ok(e) => e,
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .items_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(vrf = %update.vrf, node = %update.node, error = %e, "dropping route item");
+                    continue;
+                }
+            };
+            let key = RouteKey {
+                family,
+                prefix: entry.nlri.prefix,
+            };
+            let path = update.add.then(|| Arc::new(entry));
+            if update.add {
+                self.handle
+                    .stats
+                    .routes_received
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .routes_received
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let vrf = update.vrf.as_str();
+            self.shared
+                .with_rib(id, |rib| rib.update(id, vrf, key, path))
+                .map_err(membership)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes deliveries into route messages (≤ 32 items / ≤ 256 retracts each, one VRF
+    /// and family per message, spec §6.6) in the stream's output buffer.
+    fn send_deliveries(&self, stream: &mut XmppStream<TcpStream>, batch: &[Delivery<Path>]) {
+        let sent = encode_deliveries(stream.out_mut(), &self.handle.name, batch);
+        self.handle
+            .stats
+            .routes_sent
+            .fetch_add(sent, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .routes_sent
+            .fetch_add(sent, Ordering::Relaxed);
+    }
+}
+
+fn membership(e: MembershipError) -> Error {
+    Error::Unexpected {
+        element: "iq".into(),
+        context: match e {
+            MembershipError::DuplicateSubscribe(_) => "membership violation: duplicate subscribe",
+            MembershipError::NotSubscribed(_) => {
+                "membership violation: unsubscribe without subscribe"
+            }
+            MembershipError::PublishWithoutSubscribe(_) => {
+                "membership violation: publish without subscribe"
+            }
+            MembershipError::NoInstanceId(_) => {
+                "membership violation: publish in a VRF subscribed without instance-id"
+            }
+        },
+        condition: Condition::PolicyViolation,
+    }
+}
+
+/// The entry sent for a route as one subscriber sees it: the first path's attributes with
+/// one next-hop per path (ECMP), router MACs cleared as contrail-control does (§6.6).
+fn merged_entry(paths: &[(SessionId, Path)]) -> Option<RouteEntry> {
+    let (_, first) = paths.first()?;
+    let mut entry = RouteEntry::clone(first);
+    entry.next_hops = paths
+        .iter()
+        .flat_map(|(_, p)| p.next_hops.iter().cloned())
+        .map(|mut nh| {
+            nh.mac.clear();
+            nh
+        })
+        .collect();
+    Some(entry)
+}
+
+/// Groups consecutive deliveries by (VRF, family) and writes them as route messages.
+/// Returns how many items and retracts were written.
+pub fn encode_deliveries(out: &mut BytesMut, agent: &str, batch: &[Delivery<Path>]) -> u64 {
+    let mut sent = 0;
+    let mut i = 0;
+    while i < batch.len() {
+        let (vrf, family) = match &batch[i] {
+            Delivery::Reach { vrf, key, .. } | Delivery::Unreach { vrf, key, .. } => {
+                (vrf.clone(), key.family)
+            }
+        };
+        let mut changes = Vec::new();
+        while let Some(d) = batch.get(i) {
+            let (v, k) = match d {
+                Delivery::Reach { vrf, key, .. } | Delivery::Unreach { vrf, key, .. } => (vrf, key),
+            };
+            if *v != vrf || k.family != family {
+                break;
+            }
+            match d {
+                Delivery::Reach { paths, .. } => {
+                    if let Some(e) = merged_entry(paths) {
+                        changes.push(RouteChange::Reach(Box::new(e)));
+                    }
+                }
+                Delivery::Unreach { key, .. } => changes.push(RouteChange::Unreach(key.prefix)),
+            }
+            i += 1;
+        }
+        sent += changes.len() as u64;
+        for m in encode_changes(agent, family, &vrf, &changes) {
+            out.extend_from_slice(&m);
+        }
+    }
+    sent
+}

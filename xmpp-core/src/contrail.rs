@@ -1,1 +1,0 @@
-//! Contrail message payloads (in progress).

@@ -206,3 +206,77 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/contrail-control.conf")
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        let (c, warnings) = Config::load(Some(&sample()), &[]).expect("sample loads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.listen, "127.0.0.1:5269".parse().expect("addr"));
+        assert_eq!(c.hostname, "control-1");
+        assert!(c.auth_enable);
+        assert!(c.check_peer_name);
+        assert_eq!(c.hold_time, Duration::from_secs(90));
+        assert_eq!(c.http_listen, Some("127.0.0.1:8083".parse().expect("addr")));
+        assert_eq!(c.log_filter, "info");
+        assert_eq!(
+            c.tls_files.ca,
+            PathBuf::from("/etc/contrail/ssl/certs/ca-cert.pem")
+        );
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let (c, _) = Config::load(None, &[]).expect("defaults");
+        assert!(!c.auth_enable);
+        assert_eq!(c.listen.port(), 5269);
+        assert_eq!(c.max_stanza_bytes, 512 * 1024);
+        assert!(SCHEMA.check_defaults().is_ok());
+    }
+
+    #[test]
+    fn overrides_win_and_bad_booleans_fail() {
+        let (c, _) = Config::load(
+            Some(&sample()),
+            &[
+                "DEFAULT.xmpp_auth_enable=false".into(),
+                "DEFAULT.xmpp_server_port=15269".into(),
+            ],
+        )
+        .expect("overrides");
+        assert!(!c.auth_enable);
+        assert_eq!(c.listen.port(), 15269);
+        let err = Config::load(None, &["DEFAULT.xmpp_auth_enable=True".into()])
+            .expect_err("strict boolean");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("xmpp_auth_enable") && msg.contains("True"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn misspelt_security_key_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("cn-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("c.conf");
+        std::fs::write(&f, "[DEFAULT]\nxmpp_auth_enabled=true\nlog_file=/tmp/x\n").expect("write");
+        let err = Config::load(Some(&f), &[]).expect_err("typo");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("c.conf:2") && msg.contains("xmpp_auth_enable"),
+            "{msg}"
+        );
+        std::fs::write(&f, "[DEFAULT]\nlog_file=/tmp/x\n").expect("write");
+        let (_, warnings) = Config::load(Some(&f), &[]).expect("unknown key is a warning");
+        assert_eq!(warnings.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

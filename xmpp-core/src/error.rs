@@ -23,9 +23,10 @@ pub enum Error {
     /// A stream or stanza in the wrong namespace. Fatal; `invalid-namespace`.
     #[error("invalid namespace: {0}")]
     InvalidNamespace(String),
-    /// An element that is not allowed at this point of the stream (e.g. a stanza before
-    /// STARTTLS when TLS is required). Fatal; `not-authorized` for pre-TLS stanzas,
-    /// `unsupported-stanza-type` otherwise, per the contained condition.
+    /// An element that is not allowed at this point of the stream. Fatal; the contained
+    /// condition is reported: `policy-violation` for a stanza before STARTTLS when TLS is
+    /// required (RFC 6120 §5.3.1), `not-authorized` for a stanza during negotiation,
+    /// `unsupported-stanza-type` for an unexpected element on the initiator.
     #[error("unexpected <{element}> {context}")]
     Unexpected {
         /// The element's qualified name.

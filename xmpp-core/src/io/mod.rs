@@ -171,7 +171,20 @@ async fn run_server<T: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<XmppStream<T>, Error> {
     let mut out = BytesMut::new();
     loop {
-        neg.process()?;
+        if let Err(e) = neg.process() {
+            // RFC peers are told why before the stream closes; Contrail peers never
+            // parse stream errors (spec §3.5) and just see the close.
+            if neg.dialect() == Some(Dialect::Rfc)
+                && let Some(cond) = e.stream_condition()
+            {
+                StreamError::new(cond, e.to_string())
+                    .write(&mut XmlWriter::new(&mut out, Style::Compact));
+                out.extend_from_slice(STREAM_CLOSE);
+                let _ = timeout(Duration::from_secs(1), write_out(&mut io, &mut out)).await;
+            }
+            let _ = timeout(Duration::from_secs(1), io.shutdown()).await;
+            return Err(e);
+        }
         let mut acted = false;
         while let Some(action) = neg.poll_action() {
             acted = true;
@@ -203,7 +216,10 @@ async fn run_server<T: AsyncRead + AsyncWrite + Unpin>(
             write_out(&mut io, &mut out).await?;
             continue;
         }
-        let n = io.read_buf(neg.buffer_mut()).await?;
+        let n = io
+            .read_buf(neg.buffer_mut())
+            .await
+            .map_err(|e| negotiation_read_error(&io, e))?;
         if n == 0 {
             return Err(Error::Closed);
         }
@@ -278,10 +294,24 @@ async fn run_client<T: AsyncRead + AsyncWrite + Unpin>(
             write_out(&mut io, &mut out).await?;
             continue;
         }
-        let n = io.read_buf(neg.buffer_mut()).await?;
+        let n = io
+            .read_buf(neg.buffer_mut())
+            .await
+            .map_err(|e| negotiation_read_error(&io, e))?;
         if n == 0 {
             return Err(Error::Closed);
         }
+    }
+}
+
+/// A read error during negotiation. Inside TLS an `InvalidData` error is a TLS alert from
+/// the peer (with TLS 1.3 a client learns that its certificate was refused only at its first
+/// read after the handshake): report it as the handshake failure it is.
+fn negotiation_read_error<T>(io: &Transport<T>, e: std::io::Error) -> Error {
+    if !matches!(io, Transport::Plain(_)) && e.kind() == std::io::ErrorKind::InvalidData {
+        Error::TlsHandshake(e)
+    } else {
+        Error::Io(e)
     }
 }
 

@@ -82,6 +82,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SkipFiller<T> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    // tokio-rustls writes its final alert with a vectored write; forwarding these keeps the
+    // whole alert (and so the reason for a refusal) on the wire.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }

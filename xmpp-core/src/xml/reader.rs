@@ -8,7 +8,8 @@
 //! Restricted XML (RFC 6120 §11.1): a DOCTYPE, a comment or a processing instruction is
 //! refused as `restricted-xml`; entity references other than the five predefined ones are
 //! refused when the element is parsed. Contrail tolerance (spec §2.2, §11): the keepalive
-//! bytes `C8 80` and `20 0A 0D 09` between elements, and an XML declaration in front of a
+//! bytes `C8 80` and `20 0A 0D 09` between elements, and an XML declaration (with the
+//! filler after it, which belongs to it rather than being a keepalive) in front of a
 //! stanza in mid-stream, are accepted.
 //!
 //! Bounds: an element larger than [`Limits::max_element_bytes`], nested deeper than
@@ -53,7 +54,10 @@ pub enum Event {
     StreamOpen(Element),
     /// A complete top-level element (stanza or nonza).
     Element(Element),
-    /// A run of inter-element filler bytes (`20 0A 0D 09 C8 80`): a keepalive.
+    /// A run of inter-element filler bytes (`20 0A 0D 09 C8 80`): a keepalive. Filler
+    /// right after a mid-stream XML declaration is not reported: it is part of the
+    /// `<?xml version="1.0"?>\n` prefix of the next stanza, which the C++ framing cuts out
+    /// with that stanza (spec §2.2), not a keepalive.
     Whitespace(usize),
     /// `</stream:stream>`.
     StreamClose,
@@ -99,6 +103,8 @@ pub struct Reader {
     /// Bytes consumed before the header (filler, XML declarations) since the last
     /// restart; they count against [`Limits::max_header_bytes`] with the header itself.
     pre_header: usize,
+    /// The last item was an XML declaration: filler now belongs to the stanza it prefixes.
+    after_decl: bool,
     /// The qualified name of the stream element, for matching its close.
     stream_name: String,
     scope: NsScope,
@@ -128,6 +134,7 @@ impl Reader {
             depth: 0,
             header_seen: false,
             pre_header: 0,
+            after_decl: false,
             stream_name: String::new(),
             scope: NsScope::default(),
             closed: false,
@@ -171,6 +178,7 @@ impl Reader {
         self.depth = 0;
         self.header_seen = false;
         self.pre_header = 0;
+        self.after_decl = false;
         self.stream_name.clear();
         self.scope = NsScope::default();
         self.closed = false;
@@ -182,6 +190,7 @@ impl Reader {
         self.mode = Mode::Between;
         self.pos = 0;
         self.depth = 0;
+        self.after_decl = false;
         self.buf.split()
     }
 
@@ -296,8 +305,12 @@ impl Reader {
             let n = self.buf.iter().take_while(|b| is_filler(**b)).count();
             self.buf.advance(n);
             self.count_pre_header(n)?;
+            if self.after_decl {
+                return Ok(Step::Continue);
+            }
             return Ok(Step::Event(Event::Whitespace(n)));
         }
+        self.after_decl = false;
         if first != b'<' {
             return Err(Error::NotWellFormed(
                 "character data between stanzas".to_owned(),
@@ -363,6 +376,7 @@ impl Reader {
         self.count_pre_header(end)?;
         self.pos = 0;
         self.mode = Mode::Between;
+        self.after_decl = true;
         Ok(true)
     }
 

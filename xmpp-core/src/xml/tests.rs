@@ -394,24 +394,24 @@ fn contrail_agent_transcript_every_split() {
 fn contrail_control_transcript_every_split() {
     let events = assert_split_invariant(&control_to_agent());
     let merged = merge_ws(events);
-    // header, "\n" after the declaration, features, "\n" C8 80 "\n", route, "\n" "\n",
-    // retract, "\n" C8 80, close
-    assert_eq!(merged.len(), 9, "{merged:?}");
+    // header, features (the "\n" after its declaration is part of it, not a keepalive:
+    // a client waiting for features must not take it for one), "\n" C8 80 "\n", route,
+    // "\n" "\n", retract, "\n" C8 80, close
+    assert_eq!(merged.len(), 8, "{merged:?}");
     let Event::StreamOpen(h) = &merged[0] else {
         panic!("{:?}", merged[0])
     };
     assert_eq!(h.get_attr("id"), Some(CONTRAIL_STREAM_ID));
     assert_eq!(h.get_attr("xmlns"), Some(ns::CLIENT));
-    assert_eq!(merged[1], Event::Whitespace(1));
 
-    let features = element(&merged[2]);
+    let features = element(&merged[1]);
     assert!(Features::matches(features));
     let starttls = features.get_child("starttls").expect("starttls");
     assert_eq!(starttls.ns(), ns::TLS);
     assert!(starttls.get_child("required").is_some());
-    assert_eq!(merged[3], Event::Whitespace(4));
+    assert_eq!(merged[2], Event::Whitespace(4));
 
-    let route = element(&merged[4]);
+    let route = element(&merged[3]);
     assert_eq!(route.name(), "message");
     assert_eq!(route.ns(), ns::CLIENT);
     assert_eq!(route.get_attr("to"), Some("compute-1/bgp-peer"));
@@ -428,17 +428,17 @@ fn contrail_control_transcript_every_split() {
         Some("192.168.0.12"),
         "text values are verbatim, without the indentation around them"
     );
-    assert_eq!(merged[5], Event::Whitespace(2));
+    assert_eq!(merged[4], Event::Whitespace(2));
 
-    let retract = element(&merged[6]);
+    let retract = element(&merged[5]);
     assert_eq!(
         retract
             .find_descendant("retract")
             .and_then(|r| r.get_attr("id")),
         Some("10.1.1.4/32")
     );
-    assert_eq!(merged[7], Event::Whitespace(3));
-    assert_eq!(merged[8], Event::StreamClose);
+    assert_eq!(merged[6], Event::Whitespace(3));
+    assert_eq!(merged[7], Event::StreamClose);
 }
 
 #[test]
@@ -883,10 +883,21 @@ fn mid_stream_declaration_accepted() {
     let mut input = SERVER_HEADER.to_vec();
     input.extend_from_slice(body);
     let events = merge_ws(assert_split_invariant(&input));
-    assert_eq!(events.len(), 4, "{events:?}");
-    assert_eq!(events[1], Event::Whitespace(1));
-    assert_eq!(element(&events[2]).name(), "iq");
-    assert_eq!(element(&events[3]).name(), "message");
+    // The filler after a declaration is the declaration's newline, not a keepalive.
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(element(&events[1]).name(), "iq");
+    assert_eq!(element(&events[2]).name(), "message");
+
+    // Only directly after it: filler after the stanza is a keepalive again.
+    let out = after_header(b"<?xml version=\"1.0\"?>\n \n<iq/>\n\xC8\x80").unwrap();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[1], Event::Whitespace(3));
+    // A client waiting for features sees them first (spec §3.3 bytes), at every split.
+    let input = [SERVER_HEADER, CONTRAIL_FEATURES].concat();
+    let events = merge_ws(assert_split_invariant(&input));
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(Features::matches(element(&events[1])));
+    assert_eq!(events[2], Event::Whitespace(1));
 }
 
 #[test]
@@ -974,7 +985,6 @@ fn restart_keeps_buffered_bytes_and_expects_a_header() {
     let mut r = Reader::default();
     r.feed(&input);
     assert!(matches!(r.next_event(), Ok(Some(Event::StreamOpen(_)))));
-    assert_eq!(r.next_event().unwrap(), Some(Event::Whitespace(1)));
     let proceed = r.next_event().unwrap().unwrap();
     assert_eq!(
         TlsNonza::from_element(element(&proceed)),
@@ -996,7 +1006,7 @@ fn restart_keeps_buffered_bytes_and_expects_a_header() {
     r.feed(&input);
     let mut out = Vec::new();
     drain(&mut r, &mut out).unwrap();
-    assert_eq!(out.len(), 3);
+    assert_eq!(out.len(), 2, "{out:?}");
 }
 
 #[test]

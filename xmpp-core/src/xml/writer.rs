@@ -183,8 +183,8 @@ impl<'a> XmlWriter<'a> {
 
 /// Escapes `text` into `out`. Attribute values escape `& < > "` and the whitespace
 /// characters that attribute-value normalisation would otherwise fold (`\t \n \r`);
-/// text escapes `& < >`, and `\r`, which end-of-line normalisation would otherwise turn
-/// into `\n` (pugixml escapes it there too). Characters XML 1.0 cannot carry at all (C0
+/// text escapes `& < >`, and `\r`, which the receiver's end-of-line normalisation would
+/// otherwise turn into `\n` (so a parsed element writes back equal). Characters XML 1.0 cannot carry at all (C0
 /// controls other than tab, LF, CR, and U+FFFE/U+FFFF) are replaced by U+FFFD rather than
 /// producing a document the peer rejects.
 pub fn escape_into(out: &mut BytesMut, text: &str, attr: bool) {

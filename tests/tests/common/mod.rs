@@ -231,6 +231,37 @@ impl Pki {
         }
     }
 
+    /// A further client certificate (EKU clientAuth, signed by `ca`) for `cn` with `sans`,
+    /// written as `<tag>.pem` / `<tag>.key`; the file set trusts `ca`.
+    pub fn client_leaf(&self, tag: &str, cn: &str, sans: Vec<SanType>) -> (Leaf, TlsFiles) {
+        let leaf = self
+            .ca
+            .leaf(cn, sans, ExtendedKeyUsagePurpose::ClientAuth, false);
+        let files = self.leaf_files(tag, &leaf);
+        (leaf, files)
+    }
+
+    /// A further server certificate for `cn` (SAN DNS localhost + IP 127.0.0.1, EKU
+    /// serverAuth, signed by `ca`), not written anywhere: e.g. to replace `server_files`
+    /// before a reload.
+    pub fn server_leaf(&self, cn: &str) -> Leaf {
+        self.ca.leaf(
+            cn,
+            server_sans(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        )
+    }
+
+    /// Writes `leaf` as `<tag>.pem` / `<tag>.key`; the file set trusts `ca`.
+    pub fn leaf_files(&self, tag: &str, leaf: &Leaf) -> TlsFiles {
+        TlsFiles::new(
+            self.dir.write(&format!("{tag}.pem"), &leaf.cert_pem),
+            self.dir.write(&format!("{tag}.key"), &leaf.key_pem),
+            self.dir.path().join("ca.pem"),
+        )
+    }
+
     /// The production server configuration, client certificate required.
     pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
         ServerTls::load(&self.server_files, &ServerTlsOptions::default())

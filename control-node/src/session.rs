@@ -111,9 +111,18 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr)
                 .clone()
                 .unwrap_or_else(|| e.to_string()),
         };
-        if matches!(result, Err(Error::Unexpected { .. } | Error::PolicyViolation(_)))
-            || reason.contains("membership")
-        {
+        // A kill from outside (slow consumer) is reported as a policy violation to the
+        // peer but is counted under its own metric, not here.
+        let violation = matches!(
+            result,
+            Err(Error::NotWellFormed(_)
+                | Error::RestrictedXml(_)
+                | Error::PolicyViolation(_)
+                | Error::BadFormat(_)
+                | Error::InvalidNamespace(_)
+                | Error::Unexpected { .. })
+        );
+        if violation && !handle.kill.is_cancelled() {
             shared.metrics.violations.fetch_add(1, Ordering::Relaxed);
         }
         shared.unregister(&handle, &reason);
@@ -203,10 +212,7 @@ impl Session<'_> {
                 _ = tick.tick(), if !eor_sent => Ev::EorCheck,
             };
             match ev {
-                Ev::Killed => {
-                    let reason = lock(&self.handle.kill_reason).clone().unwrap_or_default();
-                    return Err(Error::PolicyViolation(reason));
-                }
+                Ev::Killed => return Err(self.killed()),
                 Ev::Shutdown => return Ok(()),
                 Ev::Out(None) => return Ok(()),
                 Ev::Out(Some(first)) => {
@@ -218,7 +224,7 @@ impl Session<'_> {
                         }
                     }
                     self.send_deliveries(stream, &batch);
-                    stream.flush().await?;
+                    self.flush(stream).await?;
                 }
                 Ev::In(r) => match r? {
                     Incoming::Keepalive => self.event("xmsm::EvXmppKeepalive"),
@@ -231,7 +237,7 @@ impl Session<'_> {
                         let mine = self.on_element(&el)?;
                         if !mine.is_empty() {
                             self.send_deliveries(stream, &mine);
-                            stream.flush().await?;
+                            self.flush(stream).await?;
                         }
                     }
                 },
@@ -242,13 +248,31 @@ impl Session<'_> {
                         || now.duration_since(started) >= s.eor_max
                     {
                         write_control_eor(stream.out_mut(), &self.handle.name);
-                        stream.flush().await?;
+                        self.flush(stream).await?;
                         eor_sent = true;
                         debug!("end-of-RIB sent");
                     }
                 }
             }
         }
+    }
+
+    /// Writes what is queued unless the session is killed or the node shuts down first.
+    /// `XmppStream::flush` waits up to the hold time for a peer that stopped reading; a
+    /// session stuck there would notice neither its kill (slow consumer) nor shutdown,
+    /// and would keep its name, its routes and its queue until then.
+    async fn flush(&self, stream: &mut XmppStream<TcpStream>) -> Result<(), Error> {
+        tokio::select! {
+            biased;
+            () = self.handle.kill.cancelled() => Err(self.killed()),
+            () = self.shared.shutdown.cancelled() => Err(Error::Shutdown),
+            r = stream.flush() => r,
+        }
+    }
+
+    fn killed(&self) -> Error {
+        let reason = lock(&self.handle.kill_reason).clone().unwrap_or_default();
+        Error::PolicyViolation(reason)
     }
 
     fn event(&self, name: &'static str) {
@@ -362,6 +386,12 @@ impl Session<'_> {
                 prefix: entry.nlri.prefix,
             };
             let path = update.add.then(|| Arc::new(entry));
+            let vrf = update.vrf.as_str();
+            self.shared
+                .with_rib(id, |rib| rib.update(id, vrf, key, path))
+                .map_err(membership)?;
+            // Counted once the table took it: a route refused for membership is not
+            // "received".
             if update.add {
                 self.handle
                     .stats
@@ -372,18 +402,18 @@ impl Session<'_> {
                     .routes_received
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let vrf = update.vrf.as_str();
-            self.shared
-                .with_rib(id, |rib| rib.update(id, vrf, key, path))
-                .map_err(membership)?;
         }
         Ok(())
     }
 
     /// Encodes deliveries into route messages (≤ 32 items / ≤ 256 retracts each, one VRF
     /// and family per message, spec §6.6) in the stream's output buffer.
-    fn send_deliveries(&self, stream: &mut XmppStream<TcpStream>, batch: &[Delivery<Path>]) {
+    fn send_deliveries(&mut self, stream: &mut XmppStream<TcpStream>, batch: &[Delivery<Path>]) {
         let sent = encode_deliveries(stream.out_mut(), &self.handle.name, batch);
+        if sent > 0 {
+            // Spec §5.8: the end-of-RIB waits for a channel quiet in both directions.
+            self.last_activity = Instant::now();
+        }
         self.handle
             .stats
             .routes_sent

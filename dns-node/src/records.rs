@@ -341,7 +341,9 @@ fn qualify(raw: &str, zone: &str) -> Result<String, EntryError> {
     }
     let full = format!("{name}.{zone}");
     if full.len() > MAX_NAME_LEN {
-        return Err(bad("longer than 253 characters once qualified with the zone"));
+        return Err(bad(
+            "longer than 253 characters once qualified with the zone",
+        ));
     }
     Ok(full)
 }
@@ -610,7 +612,9 @@ impl RecordStore {
                     zone: update.zone.clone(),
                     reason,
                 };
-                out.rejected = (0..update.entries.len()).map(|i| (i, err.clone())).collect();
+                out.rejected = (0..update.entries.len())
+                    .map(|i| (i, err.clone()))
+                    .collect();
                 return out;
             }
         };
@@ -707,8 +711,12 @@ impl RecordStore {
     /// from now, capped at `since + 2 × grace`.
     fn begin_replacement(&mut self, agent: &AgentName, now: Instant) {
         let grace = self.grace;
+        // Items already past their deadline (the expiry pass has not run yet) are not
+        // revived: they go at the next pass.
         let extend = |l: &mut Liveness| {
-            if let Liveness::Stale { since, until } = *l {
+            if let Liveness::Stale { since, until } = *l
+                && until > now
+            {
                 let cap = since + grace * 2;
                 *l = Liveness::Stale {
                     since,
@@ -763,6 +771,7 @@ impl RecordStore {
             };
             let mut next: Option<Instant> = None;
             let mut gone_keys = Vec::new();
+            let mut mine = 0;
             for key in &info.keys {
                 let (zone, vdns) = key;
                 let Some(z) = self.zones.get_mut(zone) else {
@@ -778,7 +787,7 @@ impl RecordStore {
                     continue;
                 };
                 if az.claim.expired(now) {
-                    removed += az.records().count();
+                    mine += az.records().count();
                     v.remove(&agent);
                     gone_keys.push(key.clone());
                 } else {
@@ -789,7 +798,7 @@ impl RecordStore {
                             if keep {
                                 next = min_opt(next, r.liveness.deadline());
                             } else {
-                                removed += 1;
+                                mine += 1;
                             }
                             keep
                         });
@@ -807,7 +816,8 @@ impl RecordStore {
                 info.keys.remove(&k);
             }
             info.next_expiry = next;
-            info.records = info.records.saturating_sub(removed);
+            info.records = info.records.saturating_sub(mine);
+            removed += mine;
             if !info.connected && info.keys.is_empty() {
                 self.agents.remove(&agent);
             }
@@ -1045,8 +1055,14 @@ mod tests {
     fn names_are_qualified_against_the_zone() {
         let z = "demo.example";
         assert_eq!(qualify("vm-a", z), Ok("vm-a.demo.example".into()));
-        assert_eq!(qualify("VM-A.Demo.Example", z), Ok("vm-a.demo.example".into()));
-        assert_eq!(qualify("vm-a.demo.example.", z), Ok("vm-a.demo.example".into()));
+        assert_eq!(
+            qualify("VM-A.Demo.Example", z),
+            Ok("vm-a.demo.example".into())
+        );
+        assert_eq!(
+            qualify("vm-a.demo.example.", z),
+            Ok("vm-a.demo.example".into())
+        );
         assert_eq!(qualify("@", z), Ok(z.into()));
         assert_eq!(
             qualify("3.1.1.10.in-addr.arpa", "1.1.10.in-addr.arpa"),
@@ -1146,7 +1162,10 @@ mod tests {
         assert_eq!(applied.rejected.len(), 1);
         assert_eq!(applied.rejected[0].0, 3);
         assert_eq!(addrs(&s.lookup("vm-a.demo.example", TYPE_A)), ["10.1.1.3"]);
-        assert_eq!(addrs(&s.lookup("vm-a.demo.example", TYPE_AAAA)), ["fd00::3"]);
+        assert_eq!(
+            addrs(&s.lookup("vm-a.demo.example", TYPE_AAAA)),
+            ["fd00::3"]
+        );
         assert_eq!(s.lookup("vm-a.demo.example", TYPE_ANY).clone(), {
             Lookup::Records {
                 zone: "demo.example".into(),
@@ -1258,7 +1277,13 @@ mod tests {
                         "vm-a.demo.example",
                         Some(60),
                     ),
-                    entry(CLASS_IN, TYPE_PTR, "4.1.1.10.in-addr.arpa", "bad name!", None),
+                    entry(
+                        CLASS_IN,
+                        TYPE_PTR,
+                        "4.1.1.10.in-addr.arpa",
+                        "bad name!",
+                        None,
+                    ),
                 ],
             ),
             now,
@@ -1286,8 +1311,16 @@ mod tests {
         let mut s = store();
         let now = Instant::now();
         s.agent_up("c1");
-        s.apply("c1", &update("v", "example", vec![a("x.demo", "10.0.0.1")]), now);
-        s.apply("c1", &update("v", "demo.example", vec![a("y", "10.0.0.2")]), now);
+        s.apply(
+            "c1",
+            &update("v", "example", vec![a("x.demo", "10.0.0.1")]),
+            now,
+        );
+        s.apply(
+            "c1",
+            &update("v", "demo.example", vec![a("y", "10.0.0.2")]),
+            now,
+        );
         assert_eq!(s.zone_of("x.demo.example"), Some("demo.example"));
         // x.demo.example was registered in the parent zone, but the child zone is
         // authoritative for it.
@@ -1302,7 +1335,11 @@ mod tests {
         for agent in ["c1", "c2"] {
             s.agent_up(agent);
         }
-        s.apply("c1", &update("d:v1", "demo.example", vec![a("vm", "10.0.0.1")]), now);
+        s.apply(
+            "c1",
+            &update("d:v1", "demo.example", vec![a("vm", "10.0.0.1")]),
+            now,
+        );
         s.apply(
             "c2",
             &update(
@@ -1348,7 +1385,11 @@ mod tests {
         let mut s = store();
         let t0 = Instant::now();
         s.agent_up("c1");
-        s.apply("c1", &update("v", "demo.example", vec![a("vm", "10.0.0.1")]), t0);
+        s.apply(
+            "c1",
+            &update("v", "demo.example", vec![a("vm", "10.0.0.1")]),
+            t0,
+        );
         assert_eq!(s.next_expiry(), None);
         let down = t0 + Duration::from_secs(1);
         assert_eq!(s.agent_down("c1", down), Some(down + GRACE));
@@ -1396,7 +1437,11 @@ mod tests {
         assert_eq!(s.next_expiry(), Some(down + GRACE));
         // First update 20 s into the grace period: the stale set gets until first + grace.
         let first = down + Duration::from_secs(20);
-        s.apply("c1", &update("v", "demo.example", vec![a("keep", "10.0.0.1")]), first);
+        s.apply(
+            "c1",
+            &update("v", "demo.example", vec![a("keep", "10.0.0.1")]),
+            first,
+        );
         assert_eq!(s.next_expiry(), Some(first + GRACE));
         assert_eq!(
             s.agent_counts("c1"),
@@ -1422,12 +1467,20 @@ mod tests {
         let mut s = store();
         let t0 = Instant::now();
         s.agent_up("c1");
-        s.apply("c1", &update("v", "z.example", vec![a("old", "10.0.0.1")]), t0);
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("old", "10.0.0.1")]),
+            t0,
+        );
         s.agent_down("c1", t0);
         s.agent_up("c1");
         // First update just before the deadline: extended, but capped at t0 + 2 × grace.
         let first = t0 + GRACE - Duration::from_millis(1);
-        s.apply("c1", &update("v", "z.example", vec![a("new", "10.0.0.2")]), first);
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("new", "10.0.0.2")]),
+            first,
+        );
         // The new session ends quickly, and the agent flaps again and again, each time
         // sending something else first: "old" is never re-sent and must go by t0 + 2G.
         let mut t = first;
@@ -1452,7 +1505,11 @@ mod tests {
         let mut s = store();
         let t0 = Instant::now();
         s.agent_up("c1");
-        s.apply("c1", &update("v", "z.example", vec![a("h", "10.0.0.1")]), t0);
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("h", "10.0.0.1")]),
+            t0,
+        );
         s.agent_down("c1", t0);
         s.agent_up("c1");
         assert_eq!(s.expire(t0 + GRACE), 1);
@@ -1463,11 +1520,40 @@ mod tests {
     }
 
     #[test]
+    fn overdue_records_are_not_revived_by_the_first_update() {
+        let mut s = store();
+        let t0 = Instant::now();
+        s.agent_up("c1");
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("old", "10.0.0.1")]),
+            t0,
+        );
+        s.agent_down("c1", t0);
+        s.agent_up("c1");
+        // The first update arrives after the deadline, before the expiry pass ran.
+        let late = t0 + GRACE + Duration::from_millis(5);
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("new", "10.0.0.2")]),
+            late,
+        );
+        assert_eq!(s.next_expiry(), Some(t0 + GRACE));
+        assert_eq!(s.expire(late), 1);
+        assert_eq!(s.lookup("old.z.example", TYPE_A), nx("z.example"));
+        assert_eq!(addrs(&s.lookup("new.z.example", TYPE_A)), ["10.0.0.2"]);
+    }
+
+    #[test]
     fn deleting_a_stale_record_in_the_new_session() {
         let mut s = store();
         let t0 = Instant::now();
         s.agent_up("c1");
-        s.apply("c1", &update("v", "z.example", vec![a("h", "10.0.0.1")]), t0);
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("h", "10.0.0.1")]),
+            t0,
+        );
         s.agent_down("c1", t0);
         s.agent_up("c1");
         let del = s.apply(
@@ -1502,15 +1588,23 @@ mod tests {
         assert_eq!(applied.rejected, vec![(2, EntryError::TooMany { max: 2 })]);
         // Refreshing an existing record is not an add.
         assert_eq!(
-            s.apply("c1", &update("v", "z.example", vec![a("a", "10.0.0.1")]), now)
-                .refreshed,
+            s.apply(
+                "c1",
+                &update("v", "z.example", vec![a("a", "10.0.0.1")]),
+                now
+            )
+            .refreshed,
             1
         );
         // Another agent has its own budget.
         s.agent_up("c2");
         assert_eq!(
-            s.apply("c2", &update("v", "z.example", vec![a("c", "10.0.0.3")]), now)
-                .added,
+            s.apply(
+                "c2",
+                &update("v", "z.example", vec![a("c", "10.0.0.3")]),
+                now
+            )
+            .added,
             1
         );
     }
@@ -1521,7 +1615,11 @@ mod tests {
         s.agent_up("c1");
         let applied = s.apply(
             "c1",
-            &update("v", "bad zone", vec![a("a", "10.0.0.1"), a("b", "10.0.0.2")]),
+            &update(
+                "v",
+                "bad zone",
+                vec![a("a", "10.0.0.1"), a("b", "10.0.0.2")],
+            ),
             Instant::now(),
         );
         assert_eq!(applied.rejected.len(), 2);
@@ -1533,7 +1631,11 @@ mod tests {
         let mut s = RecordStore::new(Duration::ZERO, 10);
         let now = Instant::now();
         s.agent_up("c1");
-        s.apply("c1", &update("v", "z.example", vec![a("h", "10.0.0.1")]), now);
+        s.apply(
+            "c1",
+            &update("v", "z.example", vec![a("h", "10.0.0.1")]),
+            now,
+        );
         s.agent_down("c1", now);
         assert_eq!(s.expire(now), 1);
         assert!(s.zones().is_empty());

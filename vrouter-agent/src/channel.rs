@@ -256,6 +256,7 @@ async fn established(
     // Spec §5.8/§6.5: subscribe every VRF, then publish every route, then end-of-RIB.
     let want = agent.desired();
     let sent = reconcile(agent, stream.out_mut(), &me, &mut published, want);
+    forget_unsubscribed(agent, slot, &published);
     write_eor_message_from_agent(stream.out_mut(), &me);
     stream.flush().await?;
     agent.update_channel(slot, |c| c.tx_updates += sent);
@@ -269,6 +270,7 @@ async fn established(
                 }
                 let want = agent.desired();
                 let sent = reconcile(agent, stream.out_mut(), &me, &mut published, want);
+                forget_unsubscribed(agent, slot, &published);
                 stream.flush().await?;
                 agent.update_channel(slot, |c| c.tx_updates += sent);
             }
@@ -289,6 +291,10 @@ async fn established(
                         continue;
                     }
                     match RouteEvent::from_message(&el) {
+                        Ok(RouteEvent::Routes { vrf, .. }) if !published.vrfs.contains_key(&vrf) => {
+                            // Sent before control processed our unsubscribe.
+                            debug!(%vrf, "ignoring routes of a VRF we are not subscribed to");
+                        }
                         Ok(ev) => {
                             if matches!(ev, RouteEvent::EndOfRib) {
                                 info!("end-of-RIB received from control");
@@ -308,6 +314,14 @@ async fn established(
                 }
             }
         }
+    }
+}
+
+/// Drops the routes this channel learned in VRFs it is no longer subscribed to.
+fn forget_unsubscribed(agent: &Agent, slot: usize, published: &Desired) {
+    let removed = lock(&agent.fib).retain_vrfs(slot, |v| published.vrfs.contains_key(v));
+    if removed > 0 {
+        debug!(removed, "forgot the routes of unsubscribed VRFs");
     }
 }
 

@@ -121,6 +121,18 @@ impl Fib {
         changed
     }
 
+    /// Forgets what `ch` learned in the VRFs for which `subscribed` is false: control sends
+    /// no retracts to an agent that unsubscribes, and the C++ agent deletes the VRF with
+    /// its routes. Returns how many routes were removed.
+    pub fn retain_vrfs(&mut self, ch: ChannelId, subscribed: impl Fn(&str) -> bool) -> usize {
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return 0;
+        };
+        let before = c.routes.len();
+        c.routes.retain(|(vrf, _), _| subscribed(vrf));
+        before - c.routes.len()
+    }
+
     /// Removes routes whose grace period has passed. Returns how many were removed.
     pub fn sweep(&mut self, now: Instant, grace: Duration) -> usize {
         let mut removed = 0;
@@ -290,6 +302,19 @@ mod tests {
         let v = f.view();
         assert_eq!(v["red"].len(), 1);
         assert!(!v["red"][0].stale);
+    }
+
+    #[test]
+    fn unsubscribed_vrfs_are_forgotten_per_channel() {
+        let mut f = Fib::new();
+        f.channel_up(0);
+        f.channel_up(1);
+        f.apply(0, &items("red", &[("10.0.0.1/32", "192.168.0.2")]));
+        f.apply(0, &items("blue", &[("10.0.0.2/32", "192.168.0.2")]));
+        f.apply(1, &items("blue", &[("10.0.0.2/32", "192.168.0.2")]));
+        assert_eq!(f.retain_vrfs(0, |v| v == "red"), 1);
+        assert_eq!(f.view()["blue"][0].channels, vec![1]);
+        assert_eq!(f.retain_vrfs(7, |_| false), 0);
     }
 
     #[test]

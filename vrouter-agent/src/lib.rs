@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod channel;
 pub mod config;
+pub mod dns_channel;
 pub mod fib;
 pub mod http;
 pub mod ports;

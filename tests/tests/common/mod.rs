@@ -331,3 +331,64 @@ pub fn raw_server_config(
         .expect("server cert");
     Arc::new(config)
 }
+
+/// One HTTP/1.1 request over a plain `TcpStream` (`Connection: close`, so the response ends
+/// at EOF): returns the status code and the body. No HTTP client dependency is needed for
+/// the introspect and port APIs, which answer with a `Content-Length` or chunked body.
+/// Bounded by 10 s so a hung server fails the test instead of stalling it.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("HTTP connect to {addr}: {e}"));
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(request.as_bytes())
+            .await
+            .expect("HTTP request write");
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.expect("HTTP response read");
+        raw
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("HTTP {method} {path} on {addr}: no response within 10 s"));
+    let text = String::from_utf8(raw).expect("HTTP response is UTF-8");
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("HTTP response without a header end: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("HTTP status line: {head:?}"));
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}

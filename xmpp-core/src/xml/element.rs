@@ -3,34 +3,119 @@
 //! The reader cuts one complete top-level element out of the byte stream; [`Element::parse`]
 //! turns those bytes into this tree with quick-xml. Typed stanzas (`stanza`, `stream`,
 //! `contrail`) are converted from it and can be written back with an [`XmlWriter`].
+//!
+//! Decoding cost is dominated by allocation, so the tree is laid out to need about one
+//! allocation per element that has content: names, attribute values and text are
+//! [`CompactString`]s (inline up to 24 bytes, which covers the element names, indentation
+//! runs and most values of XMPP and Contrail traffic), well-known namespaces are shared
+//! `&'static str`s rather than reference-counted, and children are collected on a scratch
+//! stack and moved into an exactly sized `Vec` when their parent ends ([`TreeBuilder`]).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
 
 use super::writer::XmlWriter;
 use crate::error::Error;
+use crate::stanza::ns;
 
 /// A child of an element: another element or character data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// A child element.
     Element(Element),
-    /// Character data (entities resolved, CDATA included).
-    Text(String),
+    /// Character data (entities resolved, CDATA included). A [`CompactString`]: text of up
+    /// to 24 bytes (indentation, most Contrail values) is stored inline. It dereferences to
+    /// `str` and compares with `&str` and `String`.
+    Text(CompactString),
 }
 
 /// An XML element: its qualified name as written, its resolved namespace, its attributes
 /// (namespace declarations included, in document order) and its children.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
-    name: String,
-    /// Shared with the scope it was resolved in: no allocation per element.
-    ns: Arc<str>,
-    attrs: Vec<(String, String)>,
+    name: CompactString,
+    /// A well-known namespace is a `&'static str`; others are shared with the scope they
+    /// were declared in.
+    ns: Ns,
+    attrs: Vec<(CompactString, CompactString)>,
     children: Vec<Node>,
+}
+
+/// A resolved namespace name. Cloning one never allocates; only namespaces that are not
+/// in [`known_ns`] touch a reference count.
+#[derive(Clone)]
+enum Ns {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Ns {
+    fn new(s: &str) -> Self {
+        match known_ns(s) {
+            Some(k) => Ns::Static(k),
+            None => Ns::Shared(Arc::from(s)),
+        }
+    }
+
+    fn from_arc(s: &Arc<str>) -> Self {
+        match known_ns(s) {
+            Some(k) => Ns::Static(k),
+            None => Ns::Shared(s.clone()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Ns::Static(s) => s,
+            Ns::Shared(s) => s,
+        }
+    }
+}
+
+impl Default for Ns {
+    fn default() -> Self {
+        Ns::Static("")
+    }
+}
+
+impl PartialEq for Ns {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Ns {}
+
+impl fmt::Debug for Ns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The namespaces XMPP and Contrail streams use, so that resolving them costs no reference
+/// counting.
+fn known_ns(s: &str) -> Option<&'static str> {
+    Some(match s {
+        "" => "",
+        ns::CLIENT => ns::CLIENT,
+        ns::SERVER => ns::SERVER,
+        ns::STREAM => ns::STREAM,
+        ns::PUBSUB => ns::PUBSUB,
+        ns::PUBSUB_EVENT => ns::PUBSUB_EVENT,
+        ns::TLS => ns::TLS,
+        ns::SASL => ns::SASL,
+        ns::BIND => ns::BIND,
+        ns::STREAM_ERRORS => ns::STREAM_ERRORS,
+        ns::STANZA_ERRORS => ns::STANZA_ERRORS,
+        ns::PING => ns::PING,
+        ns::XML => ns::XML,
+        _ => return None,
+    })
 }
 
 /// The namespace context an element is parsed in: the stream's default namespace and its
@@ -47,31 +132,22 @@ impl NsScope {
     /// The scope a stream header establishes for its children.
     pub fn for_stream(header: &Element) -> Self {
         let mut scope = NsScope::default();
-        scope.push_decls(header);
+        for (k, v) in header.attrs() {
+            if k == "xmlns" {
+                scope.default = Arc::from(v);
+            } else if let Some(p) = k.strip_prefix("xmlns:") {
+                scope.prefixes.push((p.to_owned(), Arc::from(v)));
+            }
+        }
         scope
     }
 
-    fn push_decls(&mut self, el: &Element) {
-        for (k, v) in &el.attrs {
-            if k == "xmlns" {
-                self.default = Arc::from(v.as_str());
-            } else if let Some(p) = k.strip_prefix("xmlns:") {
-                self.prefixes.push((p.to_owned(), Arc::from(v.as_str())));
-            }
-        }
-    }
-
-    fn resolve(&self, prefix: Option<&str>) -> Option<Arc<str>> {
-        match prefix {
-            None => Some(self.default.clone()),
-            Some("xml") => Some(Arc::from("http://www.w3.org/XML/1998/namespace")),
-            Some(p) => self
-                .prefixes
-                .iter()
-                .rev()
-                .find(|(k, _)| k == p)
-                .map(|(_, v)| v.clone()),
-        }
+    fn resolve_prefix(&self, prefix: &str) -> Option<Ns> {
+        self.prefixes
+            .iter()
+            .rev()
+            .find(|(k, _)| k == prefix)
+            .map(|(_, v)| Ns::from_arc(v))
     }
 }
 
@@ -79,7 +155,7 @@ impl Element {
     /// A new element with no namespace of its own (it inherits its parent's when written).
     pub fn new(name: impl Into<String>) -> Self {
         Self {
-            name: name.into(),
+            name: CompactString::from(name.into()),
             ..Self::default()
         }
     }
@@ -87,9 +163,9 @@ impl Element {
     /// A new element that declares `ns` as its default namespace.
     pub fn with_ns(name: impl Into<String>, ns: &str) -> Self {
         Self {
-            name: name.into(),
-            attrs: vec![("xmlns".to_owned(), ns.to_owned())],
-            ns: Arc::from(ns),
+            name: CompactString::from(name.into()),
+            attrs: vec![(CompactString::const_new("xmlns"), CompactString::from(ns))],
+            ns: Ns::new(ns),
             children: Vec::new(),
         }
     }
@@ -108,20 +184,21 @@ impl Element {
 
     /// Builder: appends character data.
     pub fn text_node(mut self, text: impl Into<String>) -> Self {
-        self.children.push(Node::Text(text.into()));
+        self.children
+            .push(Node::Text(CompactString::from(text.into())));
         self
     }
 
     /// Sets (or replaces) an attribute.
     pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
-        let value = value.into();
+        let value = CompactString::from(value.into());
         if name == "xmlns" {
-            self.ns = Arc::from(value.as_str());
+            self.ns = Ns::new(&value);
         }
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,
-            None => self.attrs.push((name, value)),
+            None => self.attrs.push((CompactString::from(name), value)),
         }
     }
 
@@ -150,19 +227,19 @@ impl Element {
 
     /// The resolved namespace (`""` when none is in scope).
     pub fn ns(&self) -> &str {
-        &self.ns
+        self.ns.as_str()
     }
 
     /// True when the local name and the resolved namespace are both equal.
     pub fn is(&self, local_name: &str, ns: &str) -> bool {
-        self.local_name() == local_name && &*self.ns == ns
+        self.local_name() == local_name && self.ns.as_str() == ns
     }
 
     /// An attribute value by its name as written.
     pub fn get_attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k.as_str() == name)
             .map(|(_, v)| v.as_str())
     }
 
@@ -237,7 +314,7 @@ impl Element {
     /// empty text node is kept: it is how a built element asks for `<name></name>`, the
     /// form the Contrail generated encoders use for empty strings (spec §2.4).
     pub fn write(&self, w: &mut XmlWriter<'_>) {
-        w.start(Cow::Owned(self.name.clone()));
+        w.start(Cow::Owned(self.name.to_string()));
         for (k, v) in &self.attrs {
             w.attr(k, v);
         }
@@ -258,100 +335,314 @@ impl Element {
     /// size and depth bounds; this is the well-formedness and tree-building step.
     pub fn parse(bytes: &[u8], scope: &NsScope) -> Result<Element, Error> {
         let mut reader = quick_xml::Reader::from_reader(bytes);
-        let cfg = reader.config_mut();
-        cfg.check_end_names = true;
-        cfg.trim_text(false);
-        cfg.expand_empty_elements = false;
-
-        // Scopes are pushed only by elements that declare namespaces; each open element
-        // remembers how many scopes were live when it opened.
-        let mut scopes: Vec<Cow<'_, NsScope>> = vec![Cow::Borrowed(scope)];
-        let mut stack: Vec<(Element, usize)> = Vec::new();
-        let mut root: Option<Element> = None;
+        configure(&mut reader);
+        let mut builder = TreeBuilder::default();
+        builder.start(scope);
+        let mut root = None;
         loop {
-            let event = reader
-                .read_event()
-                .map_err(|e| Error::NotWellFormed(e.to_string()))?;
-            match event {
-                Event::Start(_) | Event::Empty(_) if root.is_some() => {
-                    return Err(Error::NotWellFormed("content after the element".into()));
-                }
-                Event::Start(start) => {
-                    let live = scopes.len();
-                    let el = open_element(&start, &mut scopes)?;
-                    stack.push((el, live));
-                }
-                Event::Empty(start) => {
-                    let live = scopes.len();
-                    let el = open_element(&start, &mut scopes)?;
-                    scopes.truncate(live);
-                    close_element(&mut stack, &mut root, el);
-                }
-                Event::End(_) => {
-                    let Some((el, live)) = stack.pop() else {
-                        return Err(Error::NotWellFormed("unbalanced end tag".into()));
-                    };
-                    scopes.truncate(live);
-                    close_element(&mut stack, &mut root, el);
-                }
-                Event::Text(t) => {
-                    if let Some((el, _)) = stack.last_mut() {
-                        // XML 1.0 §2.4: "]]>" may not appear literally in content.
-                        if t.contains("]]>") {
-                            return Err(Error::NotWellFormed("']]>' in character data".into()));
-                        }
-                        let content = t.xml10_content();
-                        check_chars(&content)?;
-                        push_text(el, &content);
-                    } else if !t.bytes().all(is_xml_space) {
-                        return Err(Error::NotWellFormed("text outside the element".into()));
+            let event = reader.read_event().map_err(not_well_formed)?;
+            if let Event::Eof = event {
+                break;
+            }
+            if root.is_some() {
+                // Only whitespace may follow the element.
+                match event {
+                    Event::Start(_) | Event::Empty(_) => {
+                        return Err(Error::NotWellFormed("content after the element".into()));
                     }
+                    Event::Text(t) if t.bytes().all(is_xml_space) => continue,
+                    _ => {}
                 }
-                Event::CData(t) => {
-                    let Some((el, _)) = stack.last_mut() else {
-                        return Err(Error::NotWellFormed("CDATA outside the element".into()));
-                    };
-                    let content = t.xml10_content();
-                    check_chars(&content)?;
-                    push_text(el, &content);
-                }
-                Event::GeneralRef(r) => {
-                    let Some((el, _)) = stack.last_mut() else {
-                        return Err(Error::NotWellFormed("reference outside the element".into()));
-                    };
-                    let resolved = resolve_reference(&r)?;
-                    push_text(el, &resolved);
-                }
-                Event::Comment(_) => return Err(Error::RestrictedXml("comment".into())),
-                Event::PI(_) | Event::Decl(_) => {
-                    return Err(Error::RestrictedXml("processing instruction".into()));
-                }
-                Event::DocType(_) => return Err(Error::RestrictedXml("DOCTYPE".into())),
-                Event::Eof => break,
+            }
+            if let Some(el) = builder.event(event, scope)? {
+                root = Some(el);
             }
         }
-        if !stack.is_empty() {
+        if builder.depth() > 0 {
             return Err(Error::NotWellFormed("unclosed element".into()));
         }
         root.ok_or_else(|| Error::NotWellFormed("no element".into()))
     }
 }
 
-fn push_text(el: &mut Element, text: &str) {
-    if text.is_empty() {
-        return;
-    }
-    if let Some(Node::Text(prev)) = el.children.last_mut() {
-        prev.push_str(text);
-    } else {
-        el.children.push(Node::Text(text.to_owned()));
-    }
+/// The quick-xml settings for both parse paths. End tags are matched against the open
+/// element by [`TreeBuilder`] itself, so that a parse can resume in the middle of an
+/// element with a fresh quick-xml reader (see `Reader`).
+pub(crate) fn configure<R>(reader: &mut quick_xml::Reader<R>) {
+    let cfg = reader.config_mut();
+    cfg.check_end_names = false;
+    cfg.allow_unmatched_ends = true;
+    cfg.trim_text(false);
+    cfg.expand_empty_elements = false;
 }
 
-fn close_element(stack: &mut [(Element, usize)], root: &mut Option<Element>, el: Element) {
-    match stack.last_mut() {
-        Some((parent, _)) => parent.children.push(Node::Element(el)),
-        None => *root = Some(el),
+pub(crate) fn not_well_formed(e: quick_xml::Error) -> Error {
+    Error::NotWellFormed(e.to_string())
+}
+
+/// An element whose end tag has not been seen yet.
+#[derive(Debug)]
+struct Open {
+    /// The element without its children.
+    el: Element,
+    /// Where its children start in [`TreeBuilder::nodes`].
+    first_child: usize,
+    /// The length of [`TreeBuilder::prefixes`] before its declarations.
+    prefixes: usize,
+    /// The default namespace in force before it, when it declared its own.
+    saved_default: Option<Ns>,
+}
+
+/// Builds element trees from quick-xml events, one event at a time, so that the stream
+/// reader can feed it events as their bytes arrive and keep the partial tree between reads.
+///
+/// The open elements and the children of all of them live on two stacks that are reused
+/// from one element to the next: a finished element's children are moved off the node
+/// stack into an exactly sized `Vec`, its only allocation besides text or attribute values
+/// longer than 24 bytes.
+#[derive(Debug, Default)]
+pub(crate) struct TreeBuilder {
+    open: Vec<Open>,
+    nodes: Vec<Node>,
+    /// Prefix declarations of the open elements, innermost last.
+    prefixes: Vec<(CompactString, Ns)>,
+    /// The default namespace for the next element.
+    default: Ns,
+    /// Attributes of the start tag being read.
+    attrs: Vec<(CompactString, CompactString)>,
+}
+
+impl TreeBuilder {
+    /// Prepares for a new top-level element in `scope`, dropping any partial tree.
+    pub(crate) fn start(&mut self, scope: &NsScope) {
+        self.open.clear();
+        self.nodes.clear();
+        self.prefixes.clear();
+        self.attrs.clear();
+        self.default = Ns::from_arc(&scope.default);
+    }
+
+    /// How many elements are open.
+    pub(crate) fn depth(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Takes one event. Returns the top-level element when this event ends it. Events
+    /// after that are errors, except whitespace, which the caller filters.
+    pub(crate) fn event(
+        &mut self,
+        event: Event<'_>,
+        scope: &NsScope,
+    ) -> Result<Option<Element>, Error> {
+        match event {
+            Event::Start(start) => {
+                self.open_element(&start, scope)?;
+                Ok(None)
+            }
+            Event::Empty(start) => {
+                self.open_element(&start, scope)?;
+                Ok(self.close_element())
+            }
+            Event::End(end) => match self.open.last() {
+                Some(open) if open.el.name.as_str() == end.name().as_ref() => {
+                    Ok(self.close_element())
+                }
+                Some(open) => Err(Error::NotWellFormed(format!(
+                    "end tag </{}> does not match <{}>",
+                    end.name().as_ref(),
+                    open.el.name
+                ))),
+                None => Err(Error::NotWellFormed("unbalanced end tag".into())),
+            },
+            Event::Text(t) => {
+                if self.open.is_empty() {
+                    if t.bytes().all(is_xml_space) {
+                        return Ok(None);
+                    }
+                    return Err(Error::NotWellFormed("text outside the element".into()));
+                }
+                if is_plain_text(t.as_bytes()) {
+                    self.push_text(&t);
+                } else {
+                    // XML 1.0 §2.4: "]]>" may not appear literally in content.
+                    if t.contains("]]>") {
+                        return Err(Error::NotWellFormed("']]>' in character data".into()));
+                    }
+                    let content = t.xml10_content();
+                    check_chars(&content)?;
+                    self.push_text(&content);
+                }
+                Ok(None)
+            }
+            Event::CData(t) => {
+                if self.open.is_empty() {
+                    return Err(Error::NotWellFormed("CDATA outside the element".into()));
+                }
+                let content = t.xml10_content();
+                check_chars(&content)?;
+                self.push_text(&content);
+                Ok(None)
+            }
+            Event::GeneralRef(r) => {
+                if self.open.is_empty() {
+                    return Err(Error::NotWellFormed("reference outside the element".into()));
+                }
+                let mut utf8 = [0; 4];
+                let resolved = resolve_reference(&r, &mut utf8)?;
+                self.push_text(resolved);
+                Ok(None)
+            }
+            Event::Comment(_) => Err(Error::RestrictedXml("comment".into())),
+            Event::PI(_) | Event::Decl(_) => {
+                Err(Error::RestrictedXml("processing instruction".into()))
+            }
+            Event::DocType(_) => Err(Error::RestrictedXml("DOCTYPE".into())),
+            Event::Eof => Ok(None),
+        }
+    }
+
+    /// Appends character data to the innermost open element, merging it with text that
+    /// directly precedes it.
+    pub(crate) fn push_text(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let first_child = self.open.last().map_or(0, |o| o.first_child);
+        if self.nodes.len() > first_child
+            && let Some(Node::Text(prev)) = self.nodes.last_mut()
+        {
+            prev.push_str(text);
+        } else {
+            self.nodes.push(Node::Text(CompactString::from(text)));
+        }
+    }
+
+    /// Ends the innermost open element; returns it when it is the top-level one.
+    fn close_element(&mut self) -> Option<Element> {
+        let open = self.open.pop()?;
+        let mut el = open.el;
+        el.children = self.nodes.split_off(open.first_child);
+        self.prefixes.truncate(open.prefixes);
+        if let Some(d) = open.saved_default {
+            self.default = d;
+        }
+        if self.open.is_empty() {
+            Some(el)
+        } else {
+            self.nodes.push(Node::Element(el));
+            None
+        }
+    }
+
+    /// Opens an element from a start tag: checks its name and attributes, applies its
+    /// namespace declarations and resolves its namespace.
+    fn open_element(&mut self, start: &BytesStart<'_>, scope: &NsScope) -> Result<(), Error> {
+        let name = start.name();
+        let name: &str = name.as_ref();
+        check_qname(name)?;
+        self.attrs.clear();
+        let mut has_decls = false;
+        let mut has_prefixed = false;
+        let mut attributes = start.attributes();
+        attributes.with_checks(false);
+        for attr in attributes {
+            let attr = attr.map_err(|e| Error::NotWellFormed(e.to_string()))?;
+            let key: &str = attr.key.as_ref();
+            check_qname(key)?;
+            if attr.value.contains('<') {
+                return Err(Error::NotWellFormed("'<' in an attribute value".into()));
+            }
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| match e {
+                    quick_xml::Error::Escape(
+                        quick_xml::escape::EscapeError::UnrecognizedEntity(..),
+                    ) => Error::RestrictedXml(format!("entity reference in attribute {key}")),
+                    other => Error::NotWellFormed(other.to_string()),
+                })?;
+            check_chars(&value)?;
+            if key.starts_with("xmlns") && (key.len() == 5 || key.as_bytes()[5] == b':') {
+                if key.len() > 5 && value.is_empty() {
+                    // Namespaces in XML 1.0 §3: a prefix cannot be undeclared.
+                    return Err(Error::NotWellFormed(format!("empty namespace for {key}")));
+                }
+                has_decls = true;
+            } else if key.contains(':') {
+                has_prefixed = true;
+            }
+            if self.attrs.iter().any(|(k, _)| k.as_str() == key) {
+                return Err(Error::NotWellFormed(format!("duplicate attribute {key}")));
+            }
+            self.attrs
+                .push((CompactString::from(key), CompactString::from(value)));
+        }
+
+        let prefixes = self.prefixes.len();
+        let mut saved_default = None;
+        if has_decls {
+            for (k, v) in &self.attrs {
+                if k == "xmlns" {
+                    let d = Ns::new(v);
+                    let prev = std::mem::replace(&mut self.default, d);
+                    saved_default.get_or_insert(prev);
+                } else if let Some(p) = k.strip_prefix("xmlns:") {
+                    self.prefixes.push((CompactString::from(p), Ns::new(v)));
+                }
+            }
+        }
+        let ns = match name.split_once(':') {
+            None => Some(self.default.clone()),
+            Some((p, _)) => self.resolve_prefix(p, scope),
+        };
+        let Some(ns) = ns else {
+            return Err(Error::NotWellFormed(format!(
+                "undeclared namespace prefix in <{name}>"
+            )));
+        };
+        // A prefixed attribute needs its prefix declared too (unprefixed ones are in no
+        // namespace; `xmlns:` declarations are not attributes in this sense).
+        if has_prefixed {
+            for (k, _) in &self.attrs {
+                if let Some((p, _)) = k.split_once(':')
+                    && p != "xmlns"
+                    && self.resolve_prefix(p, scope).is_none()
+                {
+                    return Err(Error::NotWellFormed(format!(
+                        "undeclared namespace prefix in attribute {k} of <{name}>"
+                    )));
+                }
+            }
+        }
+        let attrs = if self.attrs.is_empty() {
+            Vec::new()
+        } else {
+            self.attrs.drain(..).collect()
+        };
+        let el = Element {
+            name: CompactString::from(name),
+            ns,
+            attrs,
+            children: Vec::new(),
+        };
+        self.open.push(Open {
+            el,
+            first_child: self.nodes.len(),
+            prefixes,
+            saved_default,
+        });
+        Ok(())
+    }
+
+    fn resolve_prefix(&self, prefix: &str, scope: &NsScope) -> Option<Ns> {
+        if prefix == "xml" {
+            return Some(Ns::Static(ns::XML));
+        }
+        self.prefixes
+            .iter()
+            .rev()
+            .find(|(k, _)| k == prefix)
+            .map(|(_, v)| v.clone())
+            .or_else(|| scope.resolve_prefix(prefix))
     }
 }
 
@@ -359,13 +650,24 @@ pub(crate) fn is_xml_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// Text that needs no check and no change: no control characters (tab and LF aside), no
+/// CR to normalise, no `]` (of a `]]>`) and no `EF` lead byte (of U+FFFE/U+FFFF).
+fn is_plain_text(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| (b >= 0x20 && b != b']' && b != 0xEF) || b == b'\t' || b == b'\n')
+}
+
 /// Resolves `&name;`: only the five predefined entities and character references exist in
-/// restricted XML (RFC 6120 §11.1).
-fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<String, Error> {
+/// restricted XML (RFC 6120 §11.1). A character is encoded into `utf8`.
+fn resolve_reference<'a>(
+    r: &quick_xml::events::BytesRef<'_>,
+    utf8: &'a mut [u8; 4],
+) -> Result<&'a str, Error> {
     match r.resolve_char_ref() {
         Ok(Some(c)) => {
             if is_xml_char(c) {
-                Ok(c.to_string())
+                Ok(c.encode_utf8(utf8))
             } else {
                 Err(Error::NotWellFormed(format!(
                     "character reference to U+{:04X}",
@@ -376,7 +678,6 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<String, Erro
         Ok(None) => {
             let name: &str = r;
             resolve_predefined_entity(name)
-                .map(str::to_owned)
                 .ok_or_else(|| Error::RestrictedXml(format!("entity reference &{name};")))
         }
         Err(e) => Err(Error::NotWellFormed(e.to_string())),
@@ -423,16 +724,50 @@ fn is_name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
+/// ASCII classes for names: bit 0 `NameStartChar` other than `:`, bit 1 `NameChar` other
+/// than `:`; `:` itself is counted separately.
+const NAME_START: u8 = 1;
+const NAME_CHAR: u8 = 2;
+static ASCII_NAME: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        if c.is_ascii_alphabetic() || c == b'_' {
+            t[i] = NAME_START | NAME_CHAR;
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            t[i] = NAME_CHAR;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// A qualified name (Namespaces in XML §4): a name with at most one colon, not at either
 /// end. Names are written back unescaped, so one that is not a name must not get in.
 fn check_qname(name: &str) -> Result<(), Error> {
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c != ':' && is_name_start_char(c))
-        && chars.all(is_name_char)
-        && name.matches(':').count() <= 1
-        && !name.ends_with(':');
+    let bytes = name.as_bytes();
+    let valid = match bytes.split_first() {
+        Some((&first, rest)) if name.is_ascii() => {
+            let mut colons = 0;
+            ASCII_NAME[usize::from(first)] & NAME_START != 0
+                && rest.iter().all(|&b| {
+                    colons += usize::from(b == b':');
+                    b == b':' || ASCII_NAME[usize::from(b)] & NAME_CHAR != 0
+                })
+                && colons <= 1
+                && bytes.last() != Some(&b':')
+        }
+        _ => {
+            let mut chars = name.chars();
+            chars
+                .next()
+                .is_some_and(|c| c != ':' && is_name_start_char(c))
+                && chars.all(is_name_char)
+                && name.matches(':').count() <= 1
+                && !name.ends_with(':')
+        }
+    };
     if valid {
         Ok(())
     } else {
@@ -442,65 +777,4 @@ fn check_qname(name: &str) -> Result<(), Error> {
 
 fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// Builds an element (without children) from a start tag, resolving its namespace; pushes
-/// a new scope when the tag declares namespaces.
-pub(crate) fn open_element(
-    start: &BytesStart<'_>,
-    scopes: &mut Vec<Cow<'_, NsScope>>,
-) -> Result<Element, Error> {
-    let name = start.name().as_ref().to_owned();
-    check_qname(&name)?;
-    let mut el = Element::new(name);
-    for attr in start.attributes() {
-        let attr = attr.map_err(|e| Error::NotWellFormed(e.to_string()))?;
-        let key = attr.key.as_ref().to_owned();
-        check_qname(&key)?;
-        let value = attr
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|e| match e {
-                quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(
-                    ..,
-                )) => Error::RestrictedXml(format!("entity reference in attribute {key}")),
-                other => Error::NotWellFormed(other.to_string()),
-            })?
-            .into_owned();
-        check_chars(&value)?;
-        if key.starts_with("xmlns:") && value.is_empty() {
-            // Namespaces in XML 1.0 §3: a prefix cannot be undeclared.
-            return Err(Error::NotWellFormed(format!("empty namespace for {key}")));
-        }
-        if el.attrs.iter().any(|(k, _)| *k == key) {
-            return Err(Error::NotWellFormed(format!("duplicate attribute {key}")));
-        }
-        el.attrs.push((key, value));
-    }
-    let has_decls = el
-        .attrs
-        .iter()
-        .any(|(k, _)| k == "xmlns" || k.starts_with("xmlns:"));
-    if has_decls {
-        let mut s = scopes.last().map(|s| (**s).clone()).unwrap_or_default();
-        s.push_decls(&el);
-        scopes.push(Cow::Owned(s));
-    }
-    let scope = scopes.last().map(|s| &**s);
-    el.ns = scope.and_then(|s| s.resolve(el.prefix())).ok_or_else(|| {
-        Error::NotWellFormed(format!("undeclared namespace prefix in <{}>", el.name))
-    })?;
-    // A prefixed attribute needs its prefix declared too (unprefixed ones are in no
-    // namespace; `xmlns:` declarations are not attributes in this sense).
-    for (k, _) in &el.attrs {
-        if let Some((p, _)) = k.split_once(':')
-            && p != "xmlns"
-            && scope.and_then(|s| s.resolve(Some(p))).is_none()
-        {
-            return Err(Error::NotWellFormed(format!(
-                "undeclared namespace prefix in attribute {k} of <{}>",
-                el.name
-            )));
-        }
-    }
-    Ok(el)
 }

@@ -19,8 +19,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
+use quick_xml::events::Event as QEvent;
 
-use super::element::{Element, NsScope};
+use super::element::{Element, NsScope, TreeBuilder, configure};
 use crate::error::Error;
 use crate::stanza::ns;
 
@@ -74,6 +75,10 @@ enum Step {
 enum Mode {
     /// Between top-level items (before the header too).
     Between,
+    /// Parsing the element being read with quick-xml from `parsed` on (the fast path).
+    Fast,
+    /// At a `<` inside an element: the markup it starts is not classified yet.
+    Markup,
     /// Inside a start tag; `quote` is the open attribute quote, if any.
     Tag { quote: Option<u8> },
     /// Inside an element's content.
@@ -109,6 +114,18 @@ pub struct Reader {
     stream_name: String,
     scope: NsScope,
     closed: bool,
+    /// The element being read is on the fast path: quick-xml parses its events straight
+    /// from `buf` as they arrive, into `builder`, and the framing scan only follows a
+    /// construct that the end of the buffer cut. Otherwise (before the header, and after
+    /// an error) the framing scan finds the element's end and [`Element::parse`] parses it.
+    fast: bool,
+    /// The partial tree of the element being read on the fast path.
+    builder: TreeBuilder,
+    /// How much of `buf` the fast path has turned into `builder`'s tree.
+    parsed: usize,
+    /// The end of the last construct the framing scan found complete on the fast path: an
+    /// error of quick-xml before it is not a construct cut by the end of the buffer.
+    verified: usize,
 }
 
 /// The inter-element filler set of the C++ framing (spec §2.2), tested byte-wise.
@@ -138,6 +155,10 @@ impl Reader {
             stream_name: String::new(),
             scope: NsScope::default(),
             closed: false,
+            fast: false,
+            builder: TreeBuilder::default(),
+            parsed: 0,
+            verified: 0,
         }
     }
 
@@ -182,6 +203,7 @@ impl Reader {
         self.stream_name.clear();
         self.scope = NsScope::default();
         self.closed = false;
+        self.leave_fast_path();
     }
 
     /// Takes every buffered byte (the TLS handover: what the peer sent after `<proceed/>`
@@ -191,7 +213,15 @@ impl Reader {
         self.pos = 0;
         self.depth = 0;
         self.after_decl = false;
+        self.leave_fast_path();
         self.buf.split()
+    }
+
+    fn leave_fast_path(&mut self) {
+        self.fast = false;
+        self.parsed = 0;
+        self.verified = 0;
+        self.builder.start(&NsScope::default());
     }
 
     /// The next event, `Ok(None)` when more bytes are needed. An error is fatal to the
@@ -215,14 +245,28 @@ impl Reader {
                         return self.need_more();
                     }
                 }
+                Mode::Fast => {
+                    if let Some(ev) = self.fast_path()? {
+                        return Ok(Some(ev));
+                    }
+                }
                 Mode::Content => {
                     let Some(off) = memchr::memchr(b'<', &self.buf[self.pos..]) else {
                         self.pos = self.buf.len();
                         return self.need_more();
                     };
                     let lt = self.pos + off;
+                    if self.fast {
+                        // The cut text is complete.
+                        self.resume_fast_path(lt);
+                        continue;
+                    }
+                    self.mode = Mode::Markup;
+                    self.pos = lt;
+                }
+                Mode::Markup => {
+                    let lt = self.pos;
                     let Some(&next) = self.buf.get(lt + 1) else {
-                        self.pos = lt;
                         return self.need_more();
                     };
                     match next {
@@ -263,6 +307,10 @@ impl Reader {
                         return self.need_more();
                     };
                     let gt = self.pos + off;
+                    if self.fast {
+                        self.resume_fast_path(gt + 1);
+                        continue;
+                    }
                     self.depth = self.depth.saturating_sub(1);
                     if self.depth == 0 {
                         return self.complete(gt + 1).map(Some);
@@ -274,6 +322,9 @@ impl Reader {
                     Some(off) => {
                         self.mode = Mode::Content;
                         self.pos += off + 3;
+                        if self.fast {
+                            self.resume_fast_path(self.pos);
+                        }
                     }
                     None => {
                         // Keep the last two bytes: they may start "]]>".
@@ -343,6 +394,14 @@ impl Reader {
             b'/' => {
                 self.mode = Mode::Close;
                 self.pos = 2;
+                Ok(Step::Continue)
+            }
+            _ if self.header_seen => {
+                self.fast = true;
+                self.parsed = 0;
+                self.verified = 0;
+                self.builder.start(&self.scope);
+                self.mode = Mode::Fast;
                 Ok(Step::Continue)
             }
             _ => {
@@ -435,6 +494,10 @@ impl Reader {
                 None => match memchr::memchr3(b'>', b'"', b'\'', hay) {
                     Some(off) if hay[off] == b'>' => {
                         let gt = self.pos + off;
+                        if self.fast {
+                            self.resume_fast_path(gt + 1);
+                            return Ok(None);
+                        }
                         let self_closing = gt > 0 && self.buf[gt - 1] == b'/';
                         return self.tag_end(gt, self_closing);
                     }
@@ -502,6 +565,102 @@ impl Reader {
         self.stream_name = header.name().to_owned();
         self.scope = NsScope::for_stream(&header);
         Ok(Event::StreamOpen(header))
+    }
+
+    /// The fast path: parses the element's events from `parsed` on with quick-xml, as far
+    /// as the buffer holds complete constructs. Returns the element when its end tag is
+    /// in; otherwise leaves the construct the buffer ends in to the framing scan (which
+    /// comes back here once it is complete), or, on any error, falls back to the slow path
+    /// from the element's start so that errors are exactly the slow path's.
+    fn fast_path(&mut self) -> Result<Option<Event>, Error> {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        let mut base = self.parsed;
+        if base > 0 && self.buf[base..].starts_with(BOM) {
+            // quick-xml would drop U+FEFF at the start of its input as a byte order mark;
+            // here it is character data of an open element.
+            self.builder.push_text("\u{FEFF}");
+            base += BOM.len();
+            self.parsed = base;
+        }
+        let input = &self.buf[base..];
+        let mut reader = quick_xml::Reader::from_reader(input);
+        configure(&mut reader);
+        let cut_at = loop {
+            let start = reader.buffer_position() as usize;
+            let event = match reader.read_event() {
+                Ok(event) => event,
+                // Most likely the construct is cut by the end of the buffer. If the framing
+                // scan finds it complete, quick-xml fails on it again, before `verified`.
+                Err(_) if base + start >= self.verified => break base + start,
+                Err(_) => return self.fall_back(),
+            };
+            let end = reader.buffer_position() as usize;
+            match event {
+                QEvent::Eof => break base + start,
+                // Text (or a reference) up to the end of the buffer may go on.
+                QEvent::Text(_) | QEvent::GeneralRef(_) if end == input.len() => {
+                    break base + start;
+                }
+                QEvent::Start(_) | QEvent::Empty(_)
+                    if self.builder.depth() >= self.limits.max_depth =>
+                {
+                    return self.fall_back();
+                }
+                _ => {}
+            }
+            match self.builder.event(event, &self.scope) {
+                Ok(None) => self.parsed = base + end,
+                Ok(Some(el)) => {
+                    let end = base + end;
+                    if end > self.limits.max_element_bytes {
+                        return Err(self.element_too_large());
+                    }
+                    self.buf.advance(end);
+                    self.fast = false;
+                    self.parsed = 0;
+                    self.verified = 0;
+                    self.pos = 0;
+                    self.mode = Mode::Between;
+                    return Ok(Some(Event::Element(el)));
+                }
+                Err(_) => return self.fall_back(),
+            }
+        };
+        // The buffer ends inside the construct at `cut_at`: follow it with the framing
+        // scan until it is complete.
+        self.parsed = cut_at;
+        self.pos = cut_at;
+        self.mode = if self.buf.get(cut_at) == Some(&b'<') {
+            Mode::Markup
+        } else {
+            Mode::Content
+        };
+        Ok(None)
+    }
+
+    /// The construct the fast path stopped at is complete up to `end`.
+    fn resume_fast_path(&mut self, end: usize) {
+        self.verified = end;
+        self.mode = Mode::Fast;
+    }
+
+    /// An error on the fast path: reads the element again on the slow path, from its start.
+    fn fall_back(&mut self) -> Result<Option<Event>, Error> {
+        if std::env::var_os("DBGFB").is_some() {
+            eprintln!(
+                "FALLBACK at parsed={} len={} {:?}",
+                self.parsed,
+                self.buf.len(),
+                String::from_utf8_lossy(
+                    &self.buf[self.parsed..(self.parsed + 80).min(self.buf.len())]
+                )
+            );
+        }
+        self.leave_fast_path();
+        self.mode = Mode::Tag { quote: None };
+        self.pos = 1;
+        self.depth = 0;
+        Ok(None)
     }
 
     /// A top-level element ends at `buf[..end]`.

@@ -79,6 +79,7 @@ const HEADER: &[u8] =
     b"<stream:stream from=\"ctrl-1\" to=\"compute-17\" id=\"++123\" version=\"1.0\" \
 xml:lang=\"en\" xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\"  >";
 
+#[inline(never)]
 fn decode_reader(body: &[u8]) -> usize {
     let mut r = Reader::new(Limits::default());
     r.feed(HEADER);
@@ -94,6 +95,7 @@ fn decode_reader(body: &[u8]) -> usize {
     elements
 }
 
+#[inline(never)]
 fn decode_bare(body: &[u8]) -> usize {
     let mut r = quick_xml::Reader::from_reader(body);
     let mut n = 0;
@@ -111,6 +113,7 @@ fn decode_bare(body: &[u8]) -> usize {
 /// A more realistic baseline: the bare loop plus what any consumer of the events does,
 /// attribute iteration with value normalisation and text decoding (EOL normalisation,
 /// entity resolution), still without framing, checks or a tree.
+#[inline(never)]
 fn decode_quick_xml_attrs_text(body: &[u8]) -> usize {
     let mut r = quick_xml::Reader::from_reader(body);
     let mut n = 0;

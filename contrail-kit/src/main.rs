@@ -21,6 +21,34 @@ enum Command {
     /// Certificates for control, DNS and compute nodes.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Run a local lab: a control node, a DNS node and agents with TLS on generated
+    /// certificates, until Ctrl-C.
+    Lab {
+        /// Number of agents.
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Ports (VMs) per agent: one route and one DNS name each.
+        #[arg(long, default_value_t = 2)]
+        routes: usize,
+        /// Run without TLS on both channels.
+        #[arg(long)]
+        plain: bool,
+        /// State directory (PKI, configs, logs); replaced if it exists.
+        #[arg(long, default_value = "lab-state")]
+        dir: PathBuf,
+        /// Keep the state directory after stopping.
+        #[arg(long)]
+        keep: bool,
+        /// Directory of the daemon binaries (default: next to contrail-kit).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds to wait for convergence.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Stop right after the summary instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_after_converge: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +117,30 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::Lab {
+            agents,
+            routes,
+            plain,
+            dir,
+            keep,
+            bin_dir,
+            timeout,
+            exit_after_converge,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(contrail_kit::lab::run(contrail_kit::lab::LabOptions {
+                agents,
+                routes,
+                plain,
+                dir,
+                keep,
+                bin_dir,
+                timeout: std::time::Duration::from_secs(timeout),
+                exit_after_converge,
+            }))?;
+        }
         Command::Pki(PkiCommand::Init {
             dir,
             cn,

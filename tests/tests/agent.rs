@@ -265,6 +265,7 @@ fn settings(
         route_grace: grace,
         vhost_ip: vhost.parse().expect("vhost ip"),
         ports_dir: None,
+        dns: vrouter_agent::agent::DnsSettings::default(),
     }
 }
 

@@ -16,11 +16,14 @@ use tracing::{info, warn};
 use xmpp_core::io::Timing;
 use xmpp_core::tls::ClientTls;
 
+use crate::dns_channel::{DnsChannelSettings, DnsDefaults, DnsSource, RecordSet};
 use crate::fib::Fib;
 use crate::ports::{self, Desired, Port, PortTable};
 
 /// At most this many control nodes get a channel (spec §5.7, `MAX_XMPP_SERVERS`).
 pub const MAX_CONTROL_CHANNELS: usize = 2;
+/// At most this many DNS nodes get a channel (spec §5.7: the first two, in order).
+pub const MAX_DNS_CHANNELS: usize = 2;
 
 /// Runtime settings (built from [`crate::config::Config`]).
 #[derive(Debug, Clone)]
@@ -41,6 +44,32 @@ pub struct Settings {
     pub vhost_ip: IpAddr,
     /// Where ports are persisted; `None` keeps them in memory only.
     pub ports_dir: Option<PathBuf>,
+    /// The DNS channels.
+    pub dns: DnsSettings,
+}
+
+/// DNS channel settings (spec §7, §8.3).
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// DNS nodes' XMPP addresses, in configured order (the first two are used).
+    pub servers: Vec<SocketAddr>,
+    /// TLS to DNS nodes: `Some` exactly when `xmpp_dns_auth_enable=true`.
+    pub tls: Option<ClientTls>,
+    /// Virtual DNS and zone for ports that name none.
+    pub defaults: DnsDefaults,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            tls: None,
+            defaults: DnsDefaults {
+                virtual_dns: "default-domain:default-vdns".into(),
+                domain: "contrail.local".into(),
+            },
+        }
+    }
 }
 
 /// The state of one channel, for introspection (spec §9 names).
@@ -133,6 +162,7 @@ pub struct Agent {
     pub(crate) desired_version: watch::Sender<u64>,
     pub(crate) fib: Mutex<Fib>,
     pub(crate) channels: Mutex<Vec<ChannelStatus>>,
+    pub(crate) dns_channels: Mutex<Vec<ChannelStatus>>,
     /// IQ id counter shared by all channels (the C++ agent's is process-wide too).
     pub(crate) seq: AtomicU64,
     /// Counters.
@@ -173,6 +203,15 @@ impl Agent {
             .enumerate()
             .map(|(i, s)| ChannelStatus::new(i, *s, tls))
             .collect();
+        let dns_tls = settings.dns.tls.is_some();
+        let dns_channels = settings
+            .dns
+            .servers
+            .iter()
+            .take(MAX_DNS_CHANNELS)
+            .enumerate()
+            .map(|(i, s)| ChannelStatus::new(i, *s, dns_tls))
+            .collect();
         let (tx, _) = watch::channel(0);
         let agent = Arc::new(Agent {
             settings,
@@ -180,6 +219,7 @@ impl Agent {
             desired_version: tx,
             fib: Mutex::new(Fib::new()),
             channels: Mutex::new(channels),
+            dns_channels: Mutex::new(dns_channels),
             seq: AtomicU64::new(1),
             metrics: Metrics::default(),
             shutdown,
@@ -237,6 +277,17 @@ impl Agent {
         v
     }
 
+    /// DNS channel status snapshot.
+    pub fn dns_channels(&self) -> Vec<ChannelStatus> {
+        lock(&self.dns_channels).clone()
+    }
+
+    /// The DNS records the agent registers.
+    pub fn dns_records(&self) -> RecordSet {
+        let t = lock(&self.ports);
+        crate::dns_channel::desired_records(t.ports(), &self.settings.dns.defaults)
+    }
+
     /// Learned routes per VRF.
     pub fn routes(&self) -> std::collections::BTreeMap<String, Vec<crate::fib::RouteView>> {
         lock(&self.fib).view()
@@ -282,6 +333,23 @@ pub fn spawn(
         for slot in 0..a.settings.control_servers.len().min(MAX_CONTROL_CHANNELS) {
             tracker.spawn(crate::channel::run(a.clone(), slot, pool.clone()));
         }
+        let transid = Arc::new(std::sync::atomic::AtomicU32::new(1));
+        for (slot, server) in a.settings.dns.servers.iter().take(MAX_DNS_CHANNELS).enumerate() {
+            let s = DnsChannelSettings {
+                slot,
+                server: *server,
+                hostname: a.settings.hostname.clone(),
+                tls: a.settings.dns.tls.clone(),
+                timing: a.settings.timing,
+            };
+            let src: Arc<dyn DnsSource> = a.clone();
+            tracker.spawn(crate::dns_channel::run(
+                s,
+                src,
+                transid.clone(),
+                a.shutdown.clone(),
+            ));
+        }
         tracker.spawn(sweeper(a.clone()));
         if let Some(l) = http {
             tracker.spawn(crate::http::serve(
@@ -323,4 +391,37 @@ async fn sweeper(agent: Arc<Agent>) {
 /// Counts for `/metrics`.
 pub(crate) fn counter(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
+}
+
+impl DnsSource for Agent {
+    fn records(&self) -> RecordSet {
+        self.dns_records()
+    }
+
+    fn changed(&self) -> watch::Receiver<u64> {
+        self.desired_version.subscribe()
+    }
+
+    fn report(&self, slot: usize, state: &'static str, error: Option<String>, flapped: bool) {
+        if let Some(c) = lock(&self.dns_channels).get_mut(slot) {
+            if c.state != state {
+                c.last_state = c.state;
+                c.state = state;
+                c.last_state_at = epoch_secs();
+            }
+            if state == "Connect" {
+                c.connect_attempts += 1;
+            }
+            if state == "Established" {
+                c.connect_attempts = 0;
+                c.last_error = None;
+            }
+            if error.is_some() {
+                c.last_error = error;
+            }
+            if flapped {
+                c.flap_count += 1;
+            }
+        }
+    }
 }

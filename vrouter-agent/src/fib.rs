@@ -75,11 +75,12 @@ impl Fib {
         c.epoch += 1;
     }
 
-    /// A channel went down: its routes become stale now (unless already stale since
-    /// earlier, which keeps the earlier deadline).
+    /// A channel went down: its routes become stale now.
     pub fn channel_down(&mut self, ch: ChannelId, now: Instant) {
         let c = self.channels.entry(ch).or_default();
-        if c.stale_since.is_none() && !c.routes.is_empty() {
+        // Each drop restarts the grace period: routes learned in a short session between
+        // two flaps get a full grace period too.
+        if !c.routes.is_empty() {
             c.stale_since = Some(now);
         }
         // Routes received from now on belong to the next session.

@@ -40,9 +40,10 @@ pub fn introspect_router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "vrouter-agent introspect: /channels /ports /routes /metrics\n" }),
+            get(|| async { "vrouter-agent introspect: /channels /dns-channels /ports /routes /metrics\n" }),
         )
         .route("/channels", get(channels))
+        .route("/dns-channels", get(dns_channels))
         .route("/ports", get(ports))
         .route("/routes", get(routes))
         .route("/metrics", get(metrics))
@@ -61,6 +62,10 @@ pub fn port_api_router(agent: Arc<Agent>) -> Router {
 
 async fn channels(State(a): State<Arc<Agent>>) -> Response {
     Json(a.channels()).into_response()
+}
+
+async fn dns_channels(State(a): State<Arc<Agent>>) -> Response {
+    Json(a.dns_channels()).into_response()
 }
 
 #[derive(Serialize)]
@@ -156,6 +161,20 @@ async fn metrics(State(a): State<Arc<Agent>>) -> Response {
         let _ = writeln!(
             body,
             "agent_channel_up{{slot=\"{}\",server=\"{}\",auth=\"{}\"}} {}",
+            c.slot,
+            c.controller_ip,
+            c.xmpp_auth_type,
+            u8::from(c.state == "Established")
+        );
+    }
+    let _ = writeln!(
+        body,
+        "# HELP agent_dns_channel_up 1 when the DNS channel is Established.\n# TYPE agent_dns_channel_up gauge"
+    );
+    for c in a.dns_channels() {
+        let _ = writeln!(
+            body,
+            "agent_dns_channel_up{{slot=\"{}\",server=\"{}\",auth=\"{}\"}} {}",
             c.slot,
             c.controller_ip,
             c.xmpp_auth_type,

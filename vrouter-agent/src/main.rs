@@ -10,6 +10,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use vrouter_agent::config::Config;
+use vrouter_agent::agent::DnsSettings;
+use vrouter_agent::dns_channel::DnsDefaults;
 use vrouter_agent::{Agent, Settings};
 use xmpp_core::io::Timing;
 use xmpp_core::tls::{ClientTls, ClientTlsOptions};
@@ -84,9 +86,9 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-async fn load_tls(config: &Config) -> anyhow::Result<Option<ClientTls>> {
-    if !config.auth_enable {
-        warn!("xmpp_auth_enable=false: the channels to control nodes run in plaintext");
+async fn load_tls(config: &Config, enabled: bool, key: &str) -> anyhow::Result<Option<ClientTls>> {
+    if !enabled {
+        warn!("{key}=false: these channels run in plaintext without authentication");
         return Ok(None);
     }
     let files = config.tls_files.clone();
@@ -99,7 +101,7 @@ async fn load_tls(config: &Config) -> anyhow::Result<Option<ClientTls>> {
     Ok(Some(tls))
 }
 
-fn settings(config: &Config, tls: Option<ClientTls>) -> Settings {
+fn settings(config: &Config, tls: Option<ClientTls>, dns_tls: Option<ClientTls>) -> Settings {
     let mut servers = config.control_servers.clone();
     vrouter_agent::channel::shuffle(&mut servers);
     Settings {
@@ -114,6 +116,14 @@ fn settings(config: &Config, tls: Option<ClientTls>) -> Settings {
         route_grace: config.route_grace,
         vhost_ip: config.vhost_ip,
         ports_dir: Some(config.ports_dir.clone()),
+        dns: DnsSettings {
+            servers: config.dns_servers.clone(),
+            tls: dns_tls,
+            defaults: DnsDefaults {
+                virtual_dns: config.default_virtual_dns.clone(),
+                domain: config.default_domain.clone(),
+            },
+        },
     }
 }
 
@@ -125,7 +135,8 @@ async fn run(
     if config.control_servers.is_empty() {
         warn!("[CONTROL-NODE] servers is empty: no control node to connect to");
     }
-    let tls = load_tls(&config).await?;
+    let tls = load_tls(&config, config.auth_enable, "xmpp_auth_enable").await?;
+    let dns_tls = load_tls(&config, config.dns_auth_enable, "xmpp_dns_auth_enable").await?;
     let http = match config.http_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -145,7 +156,7 @@ async fn run(
     let shutdown = CancellationToken::new();
     info!(hostname = %config.hostname, auth = config.auth_enable, servers = ?config.control_servers,
         "vrouter-agent starting");
-    let (agent, task) = vrouter_agent::spawn(settings(&config, tls), http, ipc, shutdown.clone());
+    let (agent, task) = vrouter_agent::spawn(settings(&config, tls, dns_tls), http, ipc, shutdown.clone());
     signals(agent, shutdown, conf_file, overrides).await;
     task.await.context("agent task")?;
     info!("vrouter-agent stopped");
@@ -175,7 +186,7 @@ async fn signals(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Some(tls) = agent.settings.control_tls.clone() {
+                for tls in [agent.settings.control_tls.clone(), agent.settings.dns.tls.clone()].into_iter().flatten() {
                     match tokio::task::spawn_blocking(move || tls.reload()).await {
                         Ok(Ok(())) => info!("SIGHUP: certificates reloaded; new sessions use them"),
                         Ok(Err(e)) => error!(error = %e, "SIGHUP: reload failed; keeping the current certificates"),

@@ -386,20 +386,30 @@ struct Open {
     /// The element without its children.
     el: Element,
     /// Where its children start in [`TreeBuilder::nodes`].
-    first_child: usize,
+    first_child: u32,
     /// The length of [`TreeBuilder::prefixes`] before its declarations.
-    prefixes: usize,
-    /// The default namespace in force before it, when it declared its own.
-    saved_default: Option<Ns>,
+    prefixes: u32,
+    /// It declared a default namespace (the previous one is on `saved_defaults`).
+    declares_default: bool,
+    /// A child element was seen.
+    has_elements: bool,
+    /// Character data other than indentation was seen (see [`TreeBuilder`]).
+    has_text: bool,
 }
 
 /// Builds element trees from quick-xml events, one event at a time, so that the stream
 /// reader can feed it events as their bytes arrive and keep the partial tree between reads.
 ///
-/// The open elements and the children of all of them live on two stacks that are reused
-/// from one element to the next: a finished element's children are moved off the node
-/// stack into an exactly sized `Vec`, its only allocation besides text or attribute values
+/// The open elements and the children of all of them live on stacks that are reused from
+/// one element to the next: a finished element's children are moved off the node stack
+/// into an exactly sized `Vec`, its only allocation besides text or attribute values
 /// longer than 24 bytes.
+///
+/// Indentation is dropped: in an element that has child elements and no character data
+/// but whitespace runs that each contain a line break (the layout of pretty-printed XML,
+/// as both Contrail dialects write it), those runs are not kept as text nodes. Any other
+/// text is kept as it is: all the text of a text-only element (`<name> </name>`), and all
+/// the text of mixed content, whitespace runs included.
 #[derive(Debug, Default)]
 pub(crate) struct TreeBuilder {
     open: Vec<Open>,
@@ -408,6 +418,8 @@ pub(crate) struct TreeBuilder {
     prefixes: Vec<(CompactString, Ns)>,
     /// The default namespace for the next element.
     default: Ns,
+    /// The default namespaces replaced by open elements' declarations, innermost last.
+    saved_defaults: Vec<Ns>,
     /// Attributes of the start tag being read.
     attrs: Vec<(CompactString, CompactString)>,
 }
@@ -418,6 +430,7 @@ impl TreeBuilder {
         self.open.clear();
         self.nodes.clear();
         self.prefixes.clear();
+        self.saved_defaults.clear();
         self.attrs.clear();
         self.default = Ns::from_arc(&scope.default);
     }
@@ -461,8 +474,9 @@ impl TreeBuilder {
                     }
                     return Err(Error::NotWellFormed("text outside the element".into()));
                 }
-                if is_plain_text(t.as_bytes()) {
-                    self.push_text(&t);
+                let class = classify_text(t.as_bytes());
+                if class & TEXT_SPECIAL == 0 {
+                    self.push_run(&t, class);
                 } else {
                     // XML 1.0 §2.4: "]]>" may not appear literally in content.
                     if t.contains("]]>") {
@@ -470,7 +484,7 @@ impl TreeBuilder {
                     }
                     let content = t.xml10_content();
                     check_chars(&content)?;
-                    self.push_text(&content);
+                    self.push_run(&content, classify_text(content.as_bytes()));
                 }
                 Ok(None)
             }
@@ -501,14 +515,31 @@ impl TreeBuilder {
         }
     }
 
+    /// A run of character data between markup, checked and normalised, of class `class`.
+    fn push_run(&mut self, text: &str, class: u8) {
+        let first_child = self.open.last().map_or(0, |o| o.first_child as usize);
+        let after_text =
+            self.nodes.len() > first_child && matches!(self.nodes.last(), Some(Node::Text(_)));
+        if class & TEXT_NOT_SPACE == 0 && class & TEXT_NEWLINE != 0 && !after_text {
+            // Indentation, unless the element turns out to have other text: kept as its
+            // own node until the end tag decides.
+            self.nodes.push(Node::Text(CompactString::from(text)));
+        } else {
+            self.push_text(text);
+        }
+    }
+
     /// Appends character data to the innermost open element, merging it with text that
     /// directly precedes it.
     pub(crate) fn push_text(&mut self, text: &str) {
         if text.is_empty() {
             return;
         }
-        let first_child = self.open.last().map_or(0, |o| o.first_child);
-        if self.nodes.len() > first_child
+        let Some(open) = self.open.last_mut() else {
+            return;
+        };
+        open.has_text = true;
+        if self.nodes.len() > open.first_child as usize
             && let Some(Node::Text(prev)) = self.nodes.last_mut()
         {
             prev.push_str(text);
@@ -521,9 +552,27 @@ impl TreeBuilder {
     fn close_element(&mut self) -> Option<Element> {
         let open = self.open.pop()?;
         let mut el = open.el;
-        el.children = self.nodes.split_off(open.first_child);
-        self.prefixes.truncate(open.prefixes);
-        if let Some(d) = open.saved_default {
+        let first = open.first_child as usize;
+        el.children = if open.has_elements && !open.has_text && self.nodes.len() > first {
+            // Element content: every text node is indentation.
+            let elements = self.nodes[first..]
+                .iter()
+                .filter(|n| matches!(n, Node::Element(_)))
+                .count();
+            let mut children = Vec::with_capacity(elements);
+            children.extend(
+                self.nodes
+                    .drain(first..)
+                    .filter(|n| matches!(n, Node::Element(_))),
+            );
+            children
+        } else {
+            self.nodes.split_off(first)
+        };
+        self.prefixes.truncate(open.prefixes as usize);
+        if open.declares_default
+            && let Some(d) = self.saved_defaults.pop()
+        {
             self.default = d;
         }
         if self.open.is_empty() {
@@ -539,60 +588,65 @@ impl TreeBuilder {
     fn open_element(&mut self, start: &BytesStart<'_>, scope: &NsScope) -> Result<(), Error> {
         let name = start.name();
         let name: &str = name.as_ref();
-        check_qname(name)?;
-        self.attrs.clear();
+        let colon = check_qname(name)?;
         let mut has_decls = false;
         let mut has_prefixed = false;
-        let mut attributes = start.attributes();
-        attributes.with_checks(false);
-        for attr in attributes {
-            let attr = attr.map_err(|e| Error::NotWellFormed(e.to_string()))?;
-            let key: &str = attr.key.as_ref();
-            check_qname(key)?;
-            if attr.value.contains('<') {
-                return Err(Error::NotWellFormed("'<' in an attribute value".into()));
-            }
-            let value = attr
-                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .map_err(|e| match e {
-                    quick_xml::Error::Escape(
-                        quick_xml::escape::EscapeError::UnrecognizedEntity(..),
-                    ) => Error::RestrictedXml(format!("entity reference in attribute {key}")),
-                    other => Error::NotWellFormed(other.to_string()),
-                })?;
-            check_chars(&value)?;
-            if key.starts_with("xmlns") && (key.len() == 5 || key.as_bytes()[5] == b':') {
-                if key.len() > 5 && value.is_empty() {
-                    // Namespaces in XML 1.0 §3: a prefix cannot be undeclared.
-                    return Err(Error::NotWellFormed(format!("empty namespace for {key}")));
+        let attrs = if start.attributes_raw().bytes().all(is_xml_space) {
+            Vec::new()
+        } else {
+            self.attrs.clear();
+            let mut attributes = start.attributes();
+            attributes.with_checks(false);
+            for attr in attributes {
+                let attr = attr.map_err(|e| Error::NotWellFormed(e.to_string()))?;
+                let key: &str = attr.key.as_ref();
+                let key_colon = check_qname(key)?;
+                if attr.value.contains('<') {
+                    return Err(Error::NotWellFormed("'<' in an attribute value".into()));
                 }
-                has_decls = true;
-            } else if key.contains(':') {
-                has_prefixed = true;
+                let value = attr
+                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .map_err(|e| match e {
+                        quick_xml::Error::Escape(
+                            quick_xml::escape::EscapeError::UnrecognizedEntity(..),
+                        ) => Error::RestrictedXml(format!("entity reference in attribute {key}")),
+                        other => Error::NotWellFormed(other.to_string()),
+                    })?;
+                check_chars(&value)?;
+                if key == "xmlns" || key_colon.is_some_and(|c| &key[..c] == "xmlns") {
+                    if key.len() > 5 && value.is_empty() {
+                        // Namespaces in XML 1.0 §3: a prefix cannot be undeclared.
+                        return Err(Error::NotWellFormed(format!("empty namespace for {key}")));
+                    }
+                    has_decls = true;
+                } else if key_colon.is_some() {
+                    has_prefixed = true;
+                }
+                if self.attrs.iter().any(|(k, _)| k.as_str() == key) {
+                    return Err(Error::NotWellFormed(format!("duplicate attribute {key}")));
+                }
+                self.attrs
+                    .push((CompactString::from(key), CompactString::from(value)));
             }
-            if self.attrs.iter().any(|(k, _)| k.as_str() == key) {
-                return Err(Error::NotWellFormed(format!("duplicate attribute {key}")));
-            }
-            self.attrs
-                .push((CompactString::from(key), CompactString::from(value)));
-        }
+            self.attrs.drain(..).collect()
+        };
 
-        let prefixes = self.prefixes.len();
-        let mut saved_default = None;
+        let prefixes = self.prefixes.len() as u32;
+        let mut declares_default = false;
         if has_decls {
-            for (k, v) in &self.attrs {
+            for (k, v) in &attrs {
                 if k == "xmlns" {
-                    let d = Ns::new(v);
-                    let prev = std::mem::replace(&mut self.default, d);
-                    saved_default.get_or_insert(prev);
+                    let prev = std::mem::replace(&mut self.default, Ns::new(v));
+                    self.saved_defaults.push(prev);
+                    declares_default = true;
                 } else if let Some(p) = k.strip_prefix("xmlns:") {
                     self.prefixes.push((CompactString::from(p), Ns::new(v)));
                 }
             }
         }
-        let ns = match name.split_once(':') {
+        let ns = match colon {
             None => Some(self.default.clone()),
-            Some((p, _)) => self.resolve_prefix(p, scope),
+            Some(c) => self.resolve_prefix(&name[..c], scope),
         };
         let Some(ns) = ns else {
             return Err(Error::NotWellFormed(format!(
@@ -602,7 +656,7 @@ impl TreeBuilder {
         // A prefixed attribute needs its prefix declared too (unprefixed ones are in no
         // namespace; `xmlns:` declarations are not attributes in this sense).
         if has_prefixed {
-            for (k, _) in &self.attrs {
+            for (k, _) in &attrs {
                 if let Some((p, _)) = k.split_once(':')
                     && p != "xmlns"
                     && self.resolve_prefix(p, scope).is_none()
@@ -613,22 +667,21 @@ impl TreeBuilder {
                 }
             }
         }
-        let attrs = if self.attrs.is_empty() {
-            Vec::new()
-        } else {
-            self.attrs.drain(..).collect()
-        };
-        let el = Element {
-            name: CompactString::from(name),
-            ns,
-            attrs,
-            children: Vec::new(),
-        };
+        if let Some(parent) = self.open.last_mut() {
+            parent.has_elements = true;
+        }
         self.open.push(Open {
-            el,
-            first_child: self.nodes.len(),
+            el: Element {
+                name: CompactString::from(name),
+                ns,
+                attrs,
+                children: Vec::new(),
+            },
+            first_child: self.nodes.len() as u32,
             prefixes,
-            saved_default,
+            declares_default,
+            has_elements: false,
+            has_text: false,
         });
         Ok(())
     }
@@ -646,16 +699,38 @@ impl TreeBuilder {
     }
 }
 
-pub(crate) fn is_xml_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
+/// Character classes of text bytes, or-ed over a run by [`classify_text`].
+/// The run needs the slow path: a C0 control other than tab and LF, a CR to normalise,
+/// a `]` (of a `]]>`) or an `EF` lead byte (of U+FFFE/U+FFFF).
+const TEXT_SPECIAL: u8 = 1;
+/// The run is not all XML whitespace.
+const TEXT_NOT_SPACE: u8 = 2;
+/// The run has a line feed.
+const TEXT_NEWLINE: u8 = 4;
+static TEXT_CLASS: [u8; 256] = {
+    let mut t = [TEXT_NOT_SPACE; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = TEXT_SPECIAL | TEXT_NOT_SPACE;
+        i += 1;
+    }
+    t[b'\t' as usize] = 0;
+    t[b' ' as usize] = 0;
+    t[b'\n' as usize] = TEXT_NEWLINE;
+    t[b'\r' as usize] = TEXT_SPECIAL;
+    t[b']' as usize] = TEXT_SPECIAL | TEXT_NOT_SPACE;
+    t[0xEF] = TEXT_SPECIAL | TEXT_NOT_SPACE;
+    t
+};
 
-/// Text that needs no check and no change: no control characters (tab and LF aside), no
-/// CR to normalise, no `]` (of a `]]>`) and no `EF` lead byte (of U+FFFE/U+FFFF).
-fn is_plain_text(bytes: &[u8]) -> bool {
+fn classify_text(bytes: &[u8]) -> u8 {
     bytes
         .iter()
-        .all(|&b| (b >= 0x20 && b != b']' && b != 0xEF) || b == b'\t' || b == b'\n')
+        .fold(0, |class, &b| class | TEXT_CLASS[usize::from(b)])
+}
+
+pub(crate) fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Resolves `&name;`: only the five predefined entities and character references exist in
@@ -724,19 +799,24 @@ fn is_name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
-/// ASCII classes for names: bit 0 `NameStartChar` other than `:`, bit 1 `NameChar` other
-/// than `:`; `:` itself is counted separately.
-const NAME_START: u8 = 1;
-const NAME_CHAR: u8 = 2;
-static ASCII_NAME: [u8; 128] = {
-    let mut t = [0u8; 128];
+/// ASCII classes for [`check_qname`]'s fast path, or-ed over a name.
+const NAME_BAD_START: u8 = 1;
+const NAME_BAD: u8 = 2;
+const NAME_COLON: u8 = 4;
+const NAME_NON_ASCII: u8 = 8;
+static NAME_CLASS: [u8; 256] = {
+    let mut t = [NAME_BAD | NAME_BAD_START; 256];
     let mut i = 0;
-    while i < 128 {
+    while i < 256 {
         let c = i as u8;
-        if c.is_ascii_alphabetic() || c == b'_' {
-            t[i] = NAME_START | NAME_CHAR;
+        if c >= 0x80 {
+            t[i] = NAME_NON_ASCII;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            t[i] = 0;
         } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
-            t[i] = NAME_CHAR;
+            t[i] = NAME_BAD_START;
+        } else if c == b':' {
+            t[i] = NAME_COLON | NAME_BAD_START;
         }
         i += 1;
     }
@@ -745,34 +825,41 @@ static ASCII_NAME: [u8; 128] = {
 
 /// A qualified name (Namespaces in XML §4): a name with at most one colon, not at either
 /// end. Names are written back unescaped, so one that is not a name must not get in.
-fn check_qname(name: &str) -> Result<(), Error> {
+/// Returns the position of the colon.
+fn check_qname(name: &str) -> Result<Option<usize>, Error> {
     let bytes = name.as_bytes();
-    let valid = match bytes.split_first() {
-        Some((&first, rest)) if name.is_ascii() => {
-            let mut colons = 0;
-            ASCII_NAME[usize::from(first)] & NAME_START != 0
-                && rest.iter().all(|&b| {
-                    colons += usize::from(b == b':');
-                    b == b':' || ASCII_NAME[usize::from(b)] & NAME_CHAR != 0
-                })
-                && colons <= 1
-                && bytes.last() != Some(&b':')
+    if let Some((&first, rest)) = bytes.split_first() {
+        let class = rest
+            .iter()
+            .fold(NAME_CLASS[usize::from(first)] & (NAME_BAD_START | NAME_NON_ASCII), |c, &b| {
+                c | (NAME_CLASS[usize::from(b)] & !NAME_BAD_START)
+            });
+        if class == 0 {
+            return Ok(None);
         }
-        _ => {
+        if class & (NAME_BAD | NAME_BAD_START | NAME_NON_ASCII) == 0 {
+            // ASCII with a colon: exactly one, not last (not first: checked above).
+            let colon = memchr::memchr(b':', bytes);
+            if let Some(c) = colon
+                && c + 1 < bytes.len()
+                && memchr::memchr(b':', &bytes[c + 1..]).is_none()
+            {
+                return Ok(colon);
+            }
+        } else if class & NAME_NON_ASCII != 0 {
             let mut chars = name.chars();
-            chars
+            let valid = chars
                 .next()
                 .is_some_and(|c| c != ':' && is_name_start_char(c))
                 && chars.all(is_name_char)
                 && name.matches(':').count() <= 1
-                && !name.ends_with(':')
+                && !name.ends_with(':');
+            if valid {
+                return Ok(name.find(':'));
+            }
         }
-    };
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::NotWellFormed(format!("invalid name '{name}'")))
     }
+    Err(Error::NotWellFormed(format!("invalid name '{name}'")))
 }
 
 fn is_xml_char(c: char) -> bool {

@@ -211,6 +211,10 @@ fn bench(c: &mut Criterion) {
 fn main() {
     let (body, _) = route_stream();
     let which = std::env::args().nth(1).unwrap_or_default();
+    if which == "dump" {
+        dump();
+        return;
+    }
     let n: usize = std::env::args()
         .nth(2)
         .and_then(|s| s.parse().ok())
@@ -229,4 +233,10 @@ fn main() {
         "{which}: {:.1} MiB/s ({x})",
         (body.len() * n) as f64 / el / 1048576.0
     );
+}
+#[allow(dead_code)]
+fn dump() {
+    let (body, _) = route_stream();
+    let s = String::from_utf8_lossy(&body[..4000]);
+    println!("{s}");
 }

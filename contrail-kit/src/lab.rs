@@ -37,6 +37,9 @@ pub struct LabOptions {
     pub keep: bool,
     /// Where the daemon binaries are (default: next to this executable).
     pub bin_dir: Option<PathBuf>,
+    /// Explicit paths of the three daemons, overriding `bin_dir` (control node, DNS node,
+    /// agent).
+    pub binaries: [Option<PathBuf>; 3],
     /// Give up converging after this long.
     pub timeout: Duration,
     /// Stop after printing the summary instead of waiting for Ctrl-C (tests).
@@ -134,7 +137,13 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-async fn start(fleet: &mut Fleet, dir: &Path, name: &str, exe: &Path, conf: &Path) -> anyhow::Result<()> {
+async fn start(
+    fleet: &mut Fleet,
+    dir: &Path,
+    name: &str,
+    exe: &Path,
+    conf: &Path,
+) -> anyhow::Result<()> {
     let log = dir.join("logs").join(format!("{name}.log"));
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
@@ -156,7 +165,12 @@ async fn start(fleet: &mut Fleet, dir: &Path, name: &str, exe: &Path, conf: &Pat
 }
 
 /// A minimal HTTP/1.1 exchange (`Connection: close`); returns status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow!("connect to {addr} timed out"))??;
@@ -175,9 +189,15 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow:
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("{addr}{path}: not an HTTP answer"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     // Chunked bodies from axum: drop the chunk-size lines.
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -189,7 +209,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -208,7 +230,11 @@ async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Va
 }
 
 /// One DNS query over UDP; returns the answers' data as text, or the response code.
-async fn resolve(server: SocketAddr, name: &str, rtype: RecordType) -> anyhow::Result<Result<Vec<String>, ResponseCode>> {
+async fn resolve(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+) -> anyhow::Result<Result<Vec<String>, ResponseCode>> {
     let mut m = Message::new(0x5a5a, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(name)?, rtype));
     let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
@@ -256,9 +282,14 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
             .map(Path::to_path_buf)
             .ok_or_else(|| anyhow!("cannot locate the daemon binaries"))?,
     };
-    let exe_control = bin(&bin_dir, "control-node")?;
-    let exe_dns = bin(&bin_dir, "dns-node")?;
-    let exe_agent = bin(&bin_dir, "vrouter-agent")?;
+    let pick = |i: usize, name: &str| match &opts.binaries[i] {
+        Some(p) if p.is_file() => Ok(p.clone()),
+        Some(p) => Err(anyhow!("daemon binary {} not found", p.display())),
+        None => bin(&bin_dir, name),
+    };
+    let exe_control = pick(0, "control-node")?;
+    let exe_dns = pick(1, "dns-node")?;
+    let exe_agent = pick(2, "vrouter-agent")?;
 
     let dir = &opts.dir;
     if dir.exists() {
@@ -299,7 +330,10 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
         for i in 1..=opts.agents {
             issue(Role::Compute, &format!("compute-{i}"), vec![])?;
         }
-        println!("lab: PKI ready (CA + {} node certificates)", opts.agents + 2);
+        println!(
+            "lab: PKI ready (CA + {} node certificates)",
+            opts.agents + 2
+        );
     }
     let tls_keys = |name: &str| -> String {
         if !tls {
@@ -360,7 +394,12 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
             ),
         )?;
         let vms = (1..=opts.routes)
-            .map(|j| (format!("vm-{i}-{j}"), Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, j as u8)))
+            .map(|j| {
+                (
+                    format!("vm-{i}-{j}"),
+                    Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, j as u8),
+                )
+            })
             .collect();
         agents.push((
             conf,
@@ -374,7 +413,9 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     }
 
     // Daemons.
-    let mut fleet = Fleet { daemons: Vec::new() };
+    let mut fleet = Fleet {
+        daemons: Vec::new(),
+    };
     let result = async {
         start(&mut fleet, dir, "control-1", &exe_control, &control_conf).await?;
         start(&mut fleet, dir, "dns-1", &exe_dns, &dns_conf).await?;
@@ -386,7 +427,16 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
             agents.len(),
             if tls { "on" } else { "off" }
         );
-        converge(&mut fleet, &opts, &agents, control_http, dns_http, dns_port, t0).await
+        converge(
+            &mut fleet,
+            &opts,
+            &agents,
+            control_http,
+            dns_http,
+            dns_port,
+            t0,
+        )
+        .await
     }
     .await;
     match result {
@@ -416,7 +466,10 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
 
 async fn wait_for_stop() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {
@@ -468,7 +521,11 @@ async fn converge(
             }
         }
     }
-    println!("lab: registered {} ports on {} agents", agents.len() * opts.routes, agents.len());
+    println!(
+        "lab: registered {} ports on {} agents",
+        agents.len() * opts.routes,
+        agents.len()
+    );
 
     let want_routes = (agents.len() - 1) * opts.routes;
     let names: Vec<(String, Ipv4Addr)> = agents.iter().flat_map(|(_, a)| a.vms.clone()).collect();
@@ -495,16 +552,15 @@ async fn converge(
                 resolved += 1;
             }
         }
-        let line = format!(
-            "lab: {:>5.1}s  agents converged {converged_agents}/{}  routes learned {route_total}/{}  names resolving {resolved}/{}",
-            t0.elapsed().as_secs_f64(),
+        let progress = format!(
+            "agents converged {converged_agents}/{}  routes learned {route_total}/{}  names resolving {resolved}/{}",
             agents.len(),
             want_routes * agents.len(),
             names.len()
         );
-        if line[12..] != last_line.get(12..).unwrap_or_default().to_owned() {
-            println!("{line}");
-            last_line = line;
+        if progress != last_line {
+            println!("lab: {:>5.1}s  {progress}", t0.elapsed().as_secs_f64());
+            last_line = progress;
         }
         if converged_agents == agents.len() && resolved == names.len() {
             break (t0.elapsed(), t0.elapsed());
@@ -540,9 +596,23 @@ async fn converge(
     println!();
     println!("==== lab summary ====");
     println!("agents:               {}", agents.len());
-    println!("routes per agent:     {} (each agent learned {want_routes})", opts.routes);
-    println!("converged in:         {:.2} s (routes), {:.2} s (DNS)", routes_at.as_secs_f64(), dns_at.as_secs_f64());
-    println!("TLS:                  {}", if opts.plain { "off (--plain)" } else { "on, mutual, both channels" });
+    println!(
+        "routes per agent:     {} (each agent learned {want_routes})",
+        opts.routes
+    );
+    println!(
+        "converged in:         {:.2} s (routes), {:.2} s (DNS)",
+        routes_at.as_secs_f64(),
+        dns_at.as_secs_f64()
+    );
+    println!(
+        "TLS:                  {}",
+        if opts.plain {
+            "off (--plain)"
+        } else {
+            "on, mutual, both channels"
+        }
+    );
     println!("channels (control / DNS auth type):");
     for (name, (c, d)) in &auth {
         println!("  {name:<14} control {c:<4} dns {d}");
@@ -552,7 +622,10 @@ async fn converge(
     println!("  control-1  http://{control}/connections  /vrfs  /metrics");
     println!("  dns-1      http://{dnsh}/agents  /zones  /metrics   (DNS on {dns} udp+tcp)");
     for (_, a) in agents {
-        println!("  {:<10} http://{}/channels  /routes  /metrics   (port API http://{}/port)", a.name, a.http, a.api);
+        println!(
+            "  {:<10} http://{}/channels  /routes  /metrics   (port API http://{}/port)",
+            a.name, a.http, a.api
+        );
     }
     println!("=====================");
     Ok(())

@@ -42,6 +42,15 @@ enum Command {
         /// Directory of the daemon binaries (default: next to contrail-kit).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Path of the control-node binary (overrides --bin-dir).
+        #[arg(long)]
+        control_node_bin: Option<PathBuf>,
+        /// Path of the dns-node binary (overrides --bin-dir).
+        #[arg(long)]
+        dns_node_bin: Option<PathBuf>,
+        /// Path of the vrouter-agent binary (overrides --bin-dir).
+        #[arg(long)]
+        vrouter_agent_bin: Option<PathBuf>,
         /// Seconds to wait for convergence.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -124,6 +133,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             dir,
             keep,
             bin_dir,
+            control_node_bin,
+            dns_node_bin,
+            vrouter_agent_bin,
             timeout,
             exit_after_converge,
         } => {
@@ -137,6 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 dir,
                 keep,
                 bin_dir,
+                binaries: [control_node_bin, dns_node_bin, vrouter_agent_bin],
                 timeout: std::time::Duration::from_secs(timeout),
                 exit_after_converge,
             }))?;

@@ -334,7 +334,14 @@ pub fn spawn(
             tracker.spawn(crate::channel::run(a.clone(), slot, pool.clone()));
         }
         let transid = Arc::new(std::sync::atomic::AtomicU32::new(1));
-        for (slot, server) in a.settings.dns.servers.iter().take(MAX_DNS_CHANNELS).enumerate() {
+        for (slot, server) in a
+            .settings
+            .dns
+            .servers
+            .iter()
+            .take(MAX_DNS_CHANNELS)
+            .enumerate()
+        {
             let s = DnsChannelSettings {
                 slot,
                 server: *server,

@@ -40,7 +40,9 @@ pub fn introspect_router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "vrouter-agent introspect: /channels /dns-channels /ports /routes /metrics\n" }),
+            get(|| async {
+                "vrouter-agent introspect: /channels /dns-channels /ports /routes /metrics\n"
+            }),
         )
         .route("/channels", get(channels))
         .route("/dns-channels", get(dns_channels))

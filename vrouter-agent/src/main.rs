@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use vrouter_agent::config::Config;
 use vrouter_agent::agent::DnsSettings;
+use vrouter_agent::config::Config;
 use vrouter_agent::dns_channel::DnsDefaults;
 use vrouter_agent::{Agent, Settings};
 use xmpp_core::io::Timing;
@@ -156,7 +156,8 @@ async fn run(
     let shutdown = CancellationToken::new();
     info!(hostname = %config.hostname, auth = config.auth_enable, servers = ?config.control_servers,
         "vrouter-agent starting");
-    let (agent, task) = vrouter_agent::spawn(settings(&config, tls, dns_tls), http, ipc, shutdown.clone());
+    let (agent, task) =
+        vrouter_agent::spawn(settings(&config, tls, dns_tls), http, ipc, shutdown.clone());
     signals(agent, shutdown, conf_file, overrides).await;
     task.await.context("agent task")?;
     info!("vrouter-agent stopped");

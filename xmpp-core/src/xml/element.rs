@@ -42,7 +42,8 @@ pub struct Element {
     /// A well-known namespace is a `&'static str`; others are shared with the scope they
     /// were declared in.
     ns: Ns,
-    attrs: Vec<(CompactString, CompactString)>,
+    /// Few and rarely changed: a boxed slice, two words rather than three.
+    attrs: Box<[(CompactString, CompactString)]>,
     children: Vec<Node>,
 }
 
@@ -50,20 +51,21 @@ pub struct Element {
 /// in [`known_ns`] touch a reference count.
 #[derive(Clone)]
 enum Ns {
-    Static(&'static str),
+    /// An entry of [`KNOWN_NS`] (a reference to it keeps `Ns` at two words).
+    Static(&'static &'static str),
     Shared(Arc<str>),
 }
 
 impl Ns {
     fn new(s: &str) -> Self {
-        match known_ns(s) {
+        match KNOWN_NS.iter().find(|k| **k == s) {
             Some(k) => Ns::Static(k),
             None => Ns::Shared(Arc::from(s)),
         }
     }
 
     fn from_arc(s: &Arc<str>) -> Self {
-        match known_ns(s) {
+        match KNOWN_NS.iter().find(|k| **k == &**s) {
             Some(k) => Ns::Static(k),
             None => Ns::Shared(s.clone()),
         }
@@ -79,7 +81,7 @@ impl Ns {
 
 impl Default for Ns {
     fn default() -> Self {
-        Ns::Static("")
+        Ns::Static(&KNOWN_NS[0])
     }
 }
 
@@ -98,25 +100,22 @@ impl fmt::Debug for Ns {
 }
 
 /// The namespaces XMPP and Contrail streams use, so that resolving them costs no reference
-/// counting.
-fn known_ns(s: &str) -> Option<&'static str> {
-    Some(match s {
-        "" => "",
-        ns::CLIENT => ns::CLIENT,
-        ns::SERVER => ns::SERVER,
-        ns::STREAM => ns::STREAM,
-        ns::PUBSUB => ns::PUBSUB,
-        ns::PUBSUB_EVENT => ns::PUBSUB_EVENT,
-        ns::TLS => ns::TLS,
-        ns::SASL => ns::SASL,
-        ns::BIND => ns::BIND,
-        ns::STREAM_ERRORS => ns::STREAM_ERRORS,
-        ns::STANZA_ERRORS => ns::STANZA_ERRORS,
-        ns::PING => ns::PING,
-        ns::XML => ns::XML,
-        _ => return None,
-    })
-}
+/// counting. The empty one (no namespace) first.
+static KNOWN_NS: [&str; 13] = [
+    "",
+    ns::CLIENT,
+    ns::SERVER,
+    ns::STREAM,
+    ns::PUBSUB,
+    ns::PUBSUB_EVENT,
+    ns::TLS,
+    ns::SASL,
+    ns::BIND,
+    ns::STREAM_ERRORS,
+    ns::STANZA_ERRORS,
+    ns::PING,
+    ns::XML,
+];
 
 /// The namespace context an element is parsed in: the stream's default namespace and its
 /// prefix declarations (normally `stream` → `http://etherx.jabber.org/streams`).
@@ -164,7 +163,7 @@ impl Element {
     pub fn with_ns(name: impl Into<String>, ns: &str) -> Self {
         Self {
             name: CompactString::from(name.into()),
-            attrs: vec![(CompactString::const_new("xmlns"), CompactString::from(ns))],
+            attrs: Box::new([(CompactString::const_new("xmlns"), CompactString::from(ns))]),
             ns: Ns::new(ns),
             children: Vec::new(),
         }
@@ -198,7 +197,11 @@ impl Element {
         }
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,
-            None => self.attrs.push((CompactString::from(name), value)),
+            None => {
+                let mut attrs = std::mem::take(&mut self.attrs).into_vec();
+                attrs.push((CompactString::from(name), value));
+                self.attrs = attrs.into_boxed_slice();
+            }
         }
     }
 
@@ -315,7 +318,7 @@ impl Element {
     /// form the Contrail generated encoders use for empty strings (spec §2.4).
     pub fn write(&self, w: &mut XmlWriter<'_>) {
         w.start(Cow::Owned(self.name.to_string()));
-        for (k, v) in &self.attrs {
+        for (k, v) in &*self.attrs {
             w.attr(k, v);
         }
         let indented = w.style() != super::Style::Compact;
@@ -592,7 +595,7 @@ impl TreeBuilder {
         let mut has_decls = false;
         let mut has_prefixed = false;
         let attrs = if start.attributes_raw().bytes().all(is_xml_space) {
-            Vec::new()
+            Box::default()
         } else {
             self.attrs.clear();
             let mut attributes = start.attributes();
@@ -634,7 +637,7 @@ impl TreeBuilder {
         let prefixes = self.prefixes.len() as u32;
         let mut declares_default = false;
         if has_decls {
-            for (k, v) in &attrs {
+            for (k, v) in &*attrs {
                 if k == "xmlns" {
                     let prev = std::mem::replace(&mut self.default, Ns::new(v));
                     self.saved_defaults.push(prev);
@@ -656,7 +659,7 @@ impl TreeBuilder {
         // A prefixed attribute needs its prefix declared too (unprefixed ones are in no
         // namespace; `xmlns:` declarations are not attributes in this sense).
         if has_prefixed {
-            for (k, _) in &attrs {
+            for (k, _) in &*attrs {
                 if let Some((p, _)) = k.split_once(':')
                     && p != "xmlns"
                     && self.resolve_prefix(p, scope).is_none()
@@ -688,7 +691,7 @@ impl TreeBuilder {
 
     fn resolve_prefix(&self, prefix: &str, scope: &NsScope) -> Option<Ns> {
         if prefix == "xml" {
-            return Some(Ns::Static(ns::XML));
+            return Some(Ns::new(ns::XML));
         }
         self.prefixes
             .iter()
@@ -829,11 +832,10 @@ static NAME_CLASS: [u8; 256] = {
 fn check_qname(name: &str) -> Result<Option<usize>, Error> {
     let bytes = name.as_bytes();
     if let Some((&first, rest)) = bytes.split_first() {
-        let class = rest
-            .iter()
-            .fold(NAME_CLASS[usize::from(first)] & (NAME_BAD_START | NAME_NON_ASCII), |c, &b| {
-                c | (NAME_CLASS[usize::from(b)] & !NAME_BAD_START)
-            });
+        let class = rest.iter().fold(
+            NAME_CLASS[usize::from(first)] & (NAME_BAD_START | NAME_NON_ASCII),
+            |c, &b| c | (NAME_CLASS[usize::from(b)] & !NAME_BAD_START),
+        );
         if class == 0 {
             return Ok(None);
         }

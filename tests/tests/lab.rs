@@ -26,8 +26,13 @@ fn state_dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("lab-test-{name}-{}", std::process::id()))
 }
 
+/// Labs pick free ports by binding and releasing them; two labs at once could pick the
+/// same one. Run them one at a time.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs the lab to convergence and back; returns its stdout.
 fn run_lab(extra: &[&str], name: &str) -> String {
+    let _one = ONE_LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = state_dir(name);
     let mut child = Command::new(kit())
         .arg("lab")

@@ -343,7 +343,8 @@ impl Element {
         builder.start(scope);
         let mut root = None;
         loop {
-            let event = reader.read_event().map_err(not_well_formed)?;
+            let event = reader.read_event();
+            let event = event.as_ref().map_err(not_well_formed)?;
             if let Event::Eof = event {
                 break;
             }
@@ -379,7 +380,7 @@ pub(crate) fn configure<R>(reader: &mut quick_xml::Reader<R>) {
     cfg.expand_empty_elements = false;
 }
 
-pub(crate) fn not_well_formed(e: quick_xml::Error) -> Error {
+fn not_well_formed(e: &quick_xml::Error) -> Error {
     Error::NotWellFormed(e.to_string())
 }
 
@@ -390,13 +391,16 @@ struct Open {
     el: Element,
     /// Where its children start in [`TreeBuilder::nodes`].
     first_child: u32,
+    /// Where its indentation runs start in [`TreeBuilder::indents`].
+    first_indent: u32,
     /// The length of [`TreeBuilder::prefixes`] before its declarations.
     prefixes: u32,
     /// It declared a default namespace (the previous one is on `saved_defaults`).
     declares_default: bool,
     /// A child element was seen.
     has_elements: bool,
-    /// Character data other than indentation was seen (see [`TreeBuilder`]).
+    /// Character data other than indentation was seen (see [`TreeBuilder`]); from then
+    /// on all its text goes to `nodes`.
     has_text: bool,
 }
 
@@ -417,6 +421,11 @@ struct Open {
 pub(crate) struct TreeBuilder {
     open: Vec<Open>,
     nodes: Vec<Node>,
+    /// Whitespace runs with a line break of the open elements that have no other text
+    /// (yet), each with the position in `nodes` it was read at: indentation to drop at
+    /// the end tag, unless the element turns out to be text-only or mixed. Kept apart so
+    /// that element content, the common case, moves off `nodes` in one copy.
+    indents: Vec<(u32, CompactString)>,
     /// Prefix declarations of the open elements, innermost last.
     prefixes: Vec<(CompactString, Ns)>,
     /// The default namespace for the next element.
@@ -432,6 +441,7 @@ impl TreeBuilder {
     pub(crate) fn start(&mut self, scope: &NsScope) {
         self.open.clear();
         self.nodes.clear();
+        self.indents.clear();
         self.prefixes.clear();
         self.saved_defaults.clear();
         self.attrs.clear();
@@ -447,16 +457,16 @@ impl TreeBuilder {
     /// after that are errors, except whitespace, which the caller filters.
     pub(crate) fn event(
         &mut self,
-        event: Event<'_>,
+        event: &Event<'_>,
         scope: &NsScope,
     ) -> Result<Option<Element>, Error> {
         match event {
             Event::Start(start) => {
-                self.open_element(&start, scope)?;
+                self.open_element(start, scope)?;
                 Ok(None)
             }
             Event::Empty(start) => {
-                self.open_element(&start, scope)?;
+                self.open_element(start, scope)?;
                 Ok(self.close_element())
             }
             Event::End(end) => match self.open.last() {
@@ -479,7 +489,7 @@ impl TreeBuilder {
                 }
                 let class = classify_text(t.as_bytes());
                 if class & TEXT_SPECIAL == 0 {
-                    self.push_run(&t, class);
+                    self.push_run(t, class);
                 } else {
                     // XML 1.0 §2.4: "]]>" may not appear literally in content.
                     if t.contains("]]>") {
@@ -505,7 +515,7 @@ impl TreeBuilder {
                     return Err(Error::NotWellFormed("reference outside the element".into()));
                 }
                 let mut utf8 = [0; 4];
-                let resolved = resolve_reference(&r, &mut utf8)?;
+                let resolved = resolve_reference(r, &mut utf8)?;
                 self.push_text(resolved);
                 Ok(None)
             }
@@ -520,13 +530,13 @@ impl TreeBuilder {
 
     /// A run of character data between markup, checked and normalised, of class `class`.
     fn push_run(&mut self, text: &str, class: u8) {
-        let first_child = self.open.last().map_or(0, |o| o.first_child as usize);
-        let after_text =
-            self.nodes.len() > first_child && matches!(self.nodes.last(), Some(Node::Text(_)));
-        if class & TEXT_NOT_SPACE == 0 && class & TEXT_NEWLINE != 0 && !after_text {
-            // Indentation, unless the element turns out to have other text: kept as its
-            // own node until the end tag decides.
-            self.nodes.push(Node::Text(CompactString::from(text)));
+        let Some(open) = self.open.last() else {
+            return;
+        };
+        if !open.has_text && class & TEXT_NOT_SPACE == 0 && class & TEXT_NEWLINE != 0 {
+            // Indentation, unless the element turns out to have other text.
+            self.indents
+                .push((self.nodes.len() as u32, CompactString::from(text)));
         } else {
             self.push_text(text);
         }
@@ -541,7 +551,17 @@ impl TreeBuilder {
         let Some(open) = self.open.last_mut() else {
             return;
         };
-        open.has_text = true;
+        if !open.has_text {
+            open.has_text = true;
+            // A whitespace run just before this text is part of it.
+            if self.indents.len() > open.first_indent as usize
+                && let Some((at, _)) = self.indents.last()
+                && *at as usize == self.nodes.len()
+                && let Some((_, run)) = self.indents.pop()
+            {
+                self.nodes.push(Node::Text(run));
+            }
+        }
         if self.nodes.len() > open.first_child as usize
             && let Some(Node::Text(prev)) = self.nodes.last_mut()
         {
@@ -556,21 +576,29 @@ impl TreeBuilder {
         let open = self.open.pop()?;
         let mut el = open.el;
         let first = open.first_child as usize;
-        el.children = if open.has_elements && !open.has_text && self.nodes.len() > first {
-            // Element content: every text node is indentation.
-            let elements = self.nodes[first..]
-                .iter()
-                .filter(|n| matches!(n, Node::Element(_)))
-                .count();
-            let mut children = Vec::with_capacity(elements);
-            children.extend(
-                self.nodes
-                    .drain(first..)
-                    .filter(|n| matches!(n, Node::Element(_))),
-            );
-            children
-        } else {
+        let first_indent = open.first_indent as usize;
+        el.children = if self.indents.len() == first_indent {
             self.nodes.split_off(first)
+        } else if open.has_elements && !open.has_text {
+            // Element content: the whitespace runs are indentation.
+            self.indents.truncate(first_indent);
+            self.nodes.split_off(first)
+        } else {
+            // Text-only or mixed content: the runs are text, between the nodes they were
+            // read before (never next to a text node: see `push_text`).
+            let runs = self.indents.split_off(first_indent);
+            let mut children = Vec::with_capacity(self.nodes.len() - first + runs.len());
+            let mut nodes = self.nodes.drain(first..);
+            let mut at = first;
+            for (run_at, run) in runs {
+                while at < run_at as usize {
+                    children.extend(nodes.next());
+                    at += 1;
+                }
+                children.push(Node::Text(run));
+            }
+            children.extend(nodes);
+            children
         };
         self.prefixes.truncate(open.prefixes as usize);
         if open.declares_default
@@ -681,6 +709,7 @@ impl TreeBuilder {
                 children: Vec::new(),
             },
             first_child: self.nodes.len() as u32,
+            first_indent: self.indents.len() as u32,
             prefixes,
             declares_default,
             has_elements: false,

@@ -587,7 +587,9 @@ impl Reader {
         configure(&mut reader);
         let cut_at = loop {
             let start = reader.buffer_position() as usize;
-            let event = match reader.read_event() {
+            // Matched by reference: moving the event out costs more than handling it.
+            let event = reader.read_event();
+            let event = match &event {
                 Ok(event) => event,
                 // Most likely the construct is cut by the end of the buffer. If the framing
                 // scan finds it complete, quick-xml fails on it again, before `verified`.

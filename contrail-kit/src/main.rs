@@ -21,6 +21,9 @@ enum Command {
     /// Certificates for control, DNS and compute nodes.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Print the configuration reference of the three daemons (Markdown), generated from
+    /// their schemas.
+    ConfigReference,
     /// Run a local lab: a control node, a DNS node and agents with TLS on generated
     /// certificates, until Ctrl-C.
     Lab {
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::ConfigReference => print!("{}", contrail_kit::reference::markdown()),
         Command::Lab {
             agents,
             routes,

@@ -102,6 +102,13 @@ const DEFAULT_KEYS: &[KeySpec] = &[
     )
     .with_default("8083"),
     KeySpec::new(
+        "cert_expiry_warning_days",
+        KeyKind::Int { min: 0, max: 3650 },
+        "Log a warning at start and on SIGHUP when a certificate (own or CA) expires within \
+         this many days; 0 turns the warning off. An expired certificate is always refused.",
+    )
+    .with_default("30"),
+    KeySpec::new(
         "log_level",
         KeyKind::Str,
         "SYS_EMERG … SYS_DEBUG (Contrail names) or error/warn/info/debug/trace.",
@@ -139,6 +146,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// Log filter in `tracing` syntax.
     pub log_filter: String,
+    /// Certificate expiry warning window.
+    pub cert_expiry_warning: Duration,
 }
 
 impl Config {
@@ -200,6 +209,9 @@ impl Config {
             send_queue_len: usize::try_from(ini.get_u64_or(D, "xmpp_send_queue_len", 65_536)?)
                 .unwrap_or(usize::MAX),
             http_listen: (http_port != 0).then(|| SocketAddr::new(ip, http_port)),
+            cert_expiry_warning: Duration::from_secs(
+                ini.get_u64_or(D, "cert_expiry_warning_days", 30)? * 86_400,
+            ),
             log_filter: xmpp_core::config::log_filter(
                 ini.get_str(D, "log_level")?.unwrap_or("SYS_NOTICE"),
             ),

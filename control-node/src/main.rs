@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_filter);
+    xmpp_core::tls::set_expiry_warning(config.cert_expiry_warning);
     for w in &warnings {
         warn!("{w}");
     }
@@ -131,6 +132,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone(), tls));
     info!(hostname = %config.hostname, auth = config.auth_enable, "control-node starting");
     let (_shared, task) = control_node::spawn(settings, xmpp, http, shutdown);
+    ready();
     task.await.context("server task")?;
     info!("control-node stopped");
     Ok(())
@@ -167,4 +169,13 @@ async fn signals(shutdown: CancellationToken, tls: Option<ServerTls>) {
     }
     info!("shutting down");
     shutdown.cancel();
+}
+
+/// Tells systemd (Type=notify) that the listeners are bound and the daemon is serving.
+fn ready() {
+    match xmpp_core::systemd::notify_ready() {
+        Ok(true) => info!("readiness sent to systemd"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot notify systemd of readiness"),
+    }
 }

@@ -133,6 +133,13 @@ const DEFAULT_KEYS: &[KeySpec] = &[
     )
     .with_default("8092"),
     KeySpec::new(
+        "cert_expiry_warning_days",
+        KeyKind::Int { min: 0, max: 3650 },
+        "Log a warning at start and on SIGHUP when a certificate (own or CA) expires within \
+         this many days; 0 turns the warning off. An expired certificate is always refused.",
+    )
+    .with_default("30"),
+    KeySpec::new(
         "log_level",
         KeyKind::Str,
         "SYS_EMERG … SYS_DEBUG (Contrail names) or error/warn/info/debug/trace.",
@@ -174,6 +181,8 @@ pub struct Config {
     pub max_records_per_agent: usize,
     /// Log filter in `tracing` syntax.
     pub log_filter: String,
+    /// Certificate expiry warning window.
+    pub cert_expiry_warning: Duration,
 }
 
 impl Config {
@@ -238,6 +247,9 @@ impl Config {
             max_connections: size("xmpp_max_connections", 10_000)?,
             record_grace: Duration::from_secs(ini.get_u64_or(D, "record_grace_seconds", 30)?),
             max_records_per_agent: size("max_records_per_agent", 100_000)?,
+            cert_expiry_warning: Duration::from_secs(
+                ini.get_u64_or(D, "cert_expiry_warning_days", 30)? * 86_400,
+            ),
             log_filter: xmpp_core::config::log_filter(
                 ini.get_str(D, "log_level")?.unwrap_or("SYS_NOTICE"),
             ),

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_filter);
+    xmpp_core::tls::set_expiry_warning(config.cert_expiry_warning);
     for w in &warnings {
         warn!("{w}");
     }
@@ -137,6 +138,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     info!(hostname = %config.hostname, auth = config.auth_enable,
         grace_secs = config.record_grace.as_secs(), "dns-node starting");
     let (_shared, task) = dns_node::spawn(settings, xmpp, dns_udp, dns_tcp, http, shutdown);
+    ready();
     task.await.context("server task")?;
     info!("dns-node stopped");
     Ok(())
@@ -173,4 +175,13 @@ async fn signals(shutdown: CancellationToken, tls: Option<ServerTls>) {
     }
     info!("shutting down");
     shutdown.cancel();
+}
+
+/// Tells systemd (Type=notify) that the listeners are bound and the daemon is serving.
+fn ready() {
+    match xmpp_core::systemd::notify_ready() {
+        Ok(true) => info!("readiness sent to systemd"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot notify systemd of readiness"),
+    }
 }

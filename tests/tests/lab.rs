@@ -32,7 +32,9 @@ static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs the lab to convergence and back; returns its stdout.
 fn run_lab(extra: &[&str], name: &str) -> String {
-    let _one = ONE_LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ONE_LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = state_dir(name);
     let mut child = Command::new(kit())
         .arg("lab")

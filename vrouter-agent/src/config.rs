@@ -97,6 +97,13 @@ const DEFAULT_KEYS: &[KeySpec] = &[
     )
     .with_default("/var/lib/contrail/ports"),
     KeySpec::new(
+        "cert_expiry_warning_days",
+        KeyKind::Int { min: 0, max: 3650 },
+        "Log a warning at start and on SIGHUP when a certificate (own or CA) expires within \
+         this many days; 0 turns the warning off. An expired certificate is always refused.",
+    )
+    .with_default("30"),
+    KeySpec::new(
         "log_level",
         KeyKind::Str,
         "SYS_NOTICE, SYS_DEBUG, … or debug/info/…",
@@ -197,6 +204,8 @@ pub struct Config {
     pub ports_dir: PathBuf,
     /// Log filter.
     pub log_filter: String,
+    /// Certificate expiry warning window.
+    pub cert_expiry_warning: Duration,
 }
 
 impl Config {
@@ -283,6 +292,9 @@ impl Config {
             http_listen: (http_port != 0).then(|| SocketAddr::new(http_ip, http_port)),
             port_ipc_listen: (ipc_port != 0).then(|| SocketAddr::new(http_ip, ipc_port)),
             ports_dir: path("ports_dir", "/var/lib/contrail/ports")?,
+            cert_expiry_warning: Duration::from_secs(
+                ini.get_u64_or(D, "cert_expiry_warning_days", 30)? * 86_400,
+            ),
             log_filter: xmpp_core::config::log_filter(
                 ini.get_str(D, "log_level")?.unwrap_or("SYS_NOTICE"),
             ),

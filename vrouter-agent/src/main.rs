@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_filter);
+    xmpp_core::tls::set_expiry_warning(config.cert_expiry_warning);
     for w in &warnings {
         warn!("{w}");
     }
@@ -158,6 +159,7 @@ async fn run(
         "vrouter-agent starting");
     let (agent, task) =
         vrouter_agent::spawn(settings(&config, tls, dns_tls), http, ipc, shutdown.clone());
+    ready();
     signals(agent, shutdown, conf_file, overrides).await;
     task.await.context("agent task")?;
     info!("vrouter-agent stopped");
@@ -211,4 +213,13 @@ async fn signals(
     }
     info!("shutting down");
     shutdown.cancel();
+}
+
+/// Tells systemd (Type=notify) that the listeners are bound and the daemon is serving.
+fn ready() {
+    match xmpp_core::systemd::notify_ready() {
+        Ok(true) => info!("readiness sent to systemd"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot notify systemd of readiness"),
+    }
 }

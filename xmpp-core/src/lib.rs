@@ -22,6 +22,7 @@ pub mod io;
 pub mod negotiate;
 pub mod stanza;
 pub mod stream;
+pub mod systemd;
 pub mod tls;
 pub mod xml;
 

@@ -650,6 +650,42 @@ struct Material {
     roots: Arc<RootCertStore>,
 }
 
+/// Seconds before expiry from which loading a certificate logs a warning (default 30 days);
+/// daemons set it from their configuration (`cert_expiry_warning_days`).
+static EXPIRY_WARNING_SECS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(30 * 24 * 3600);
+
+/// Sets the window in which [`ServerTls::load`], [`ClientTls::load`] and `reload` warn that
+/// a certificate (own chain or CA) is about to expire.
+pub fn set_expiry_warning(window: Duration) {
+    EXPIRY_WARNING_SECS.store(window.as_secs(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current expiry warning window.
+pub fn expiry_warning() -> Duration {
+    Duration::from_secs(EXPIRY_WARNING_SECS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn warn_if_expiring(files: &TlsFiles) {
+    let window = expiry_warning();
+    if window.is_zero() {
+        return;
+    }
+    if let Ok(list) = files.expiring_within(window) {
+        for (kind, info) in list {
+            tracing::warn!(
+                "{} {}: certificate {} expires on {} (within the {}-day warning window): \
+                 issue a new one and send SIGHUP",
+                kind.option_name(),
+                files.path(kind).display(),
+                info.subject,
+                info.not_after_utc(),
+                window.as_secs() / 86_400
+            );
+        }
+    }
+}
+
 fn load_material(files: &TlsFiles, provider: &CryptoProvider) -> Result<Material, TlsError> {
     let now = unix_now();
     let chain = load_own_chain(&files.cert, now)?;
@@ -692,6 +728,7 @@ fn load_material(files: &TlsFiles, provider: &CryptoProvider) -> Result<Material
         tracing::warn!("{warning}");
     }
     let roots = load_roots(&files.ca, now)?;
+    warn_if_expiring(files);
     Ok(Material {
         certified: Arc::new(certified),
         roots: Arc::new(roots),

@@ -358,8 +358,8 @@ impl Element {
                     _ => {}
                 }
             }
-            if let Some(el) = builder.event(event, scope)? {
-                root = Some(el);
+            if builder.event(event, scope)? {
+                root = builder.take_root();
             }
         }
         if builder.depth() > 0 {
@@ -434,6 +434,8 @@ pub(crate) struct TreeBuilder {
     saved_defaults: Vec<Ns>,
     /// Attributes of the start tag being read.
     attrs: Vec<(CompactString, CompactString)>,
+    /// The top-level element, once its end tag is in.
+    root: Option<Element>,
 }
 
 impl TreeBuilder {
@@ -445,6 +447,7 @@ impl TreeBuilder {
         self.prefixes.clear();
         self.saved_defaults.clear();
         self.attrs.clear();
+        self.root = None;
         self.default = Ns::from_arc(&scope.default);
     }
 
@@ -453,17 +456,20 @@ impl TreeBuilder {
         self.open.len()
     }
 
-    /// Takes one event. Returns the top-level element when this event ends it. Events
-    /// after that are errors, except whitespace, which the caller filters.
-    pub(crate) fn event(
-        &mut self,
-        event: &Event<'_>,
-        scope: &NsScope,
-    ) -> Result<Option<Element>, Error> {
+    /// The top-level element, once [`event`](Self::event) has said it is complete.
+    pub(crate) fn take_root(&mut self) -> Option<Element> {
+        self.root.take()
+    }
+
+    /// Takes one event. Returns true when this event ends the top-level element (see
+    /// [`take_root`](Self::take_root)). Events after that are errors, except whitespace,
+    /// which the caller filters. (Only a flag is returned, not the element: moving an
+    /// element through every event's result costs more than the event.)
+    pub(crate) fn event(&mut self, event: &Event<'_>, scope: &NsScope) -> Result<bool, Error> {
         match event {
             Event::Start(start) => {
                 self.open_element(start, scope)?;
-                Ok(None)
+                Ok(false)
             }
             Event::Empty(start) => {
                 self.open_element(start, scope)?;
@@ -483,7 +489,7 @@ impl TreeBuilder {
             Event::Text(t) => {
                 if self.open.is_empty() {
                     if t.bytes().all(is_xml_space) {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     return Err(Error::NotWellFormed("text outside the element".into()));
                 }
@@ -499,7 +505,7 @@ impl TreeBuilder {
                     check_chars(&content)?;
                     self.push_run(&content, classify_text(content.as_bytes()));
                 }
-                Ok(None)
+                Ok(false)
             }
             Event::CData(t) => {
                 if self.open.is_empty() {
@@ -508,7 +514,7 @@ impl TreeBuilder {
                 let content = t.xml10_content();
                 check_chars(&content)?;
                 self.push_text(&content);
-                Ok(None)
+                Ok(false)
             }
             Event::GeneralRef(r) => {
                 if self.open.is_empty() {
@@ -517,14 +523,14 @@ impl TreeBuilder {
                 let mut utf8 = [0; 4];
                 let resolved = resolve_reference(r, &mut utf8)?;
                 self.push_text(resolved);
-                Ok(None)
+                Ok(false)
             }
             Event::Comment(_) => Err(Error::RestrictedXml("comment".into())),
             Event::PI(_) | Event::Decl(_) => {
                 Err(Error::RestrictedXml("processing instruction".into()))
             }
             Event::DocType(_) => Err(Error::RestrictedXml("DOCTYPE".into())),
-            Event::Eof => Ok(None),
+            Event::Eof => Ok(false),
         }
     }
 
@@ -571,9 +577,11 @@ impl TreeBuilder {
         }
     }
 
-    /// Ends the innermost open element; returns it when it is the top-level one.
-    fn close_element(&mut self) -> Option<Element> {
-        let open = self.open.pop()?;
+    /// Ends the innermost open element; true when it is the top-level one.
+    fn close_element(&mut self) -> bool {
+        let Some(open) = self.open.pop() else {
+            return false;
+        };
         let mut el = open.el;
         let first = open.first_child as usize;
         let first_indent = open.first_indent as usize;
@@ -607,10 +615,11 @@ impl TreeBuilder {
             self.default = d;
         }
         if self.open.is_empty() {
-            Some(el)
+            self.root = Some(el);
+            true
         } else {
             self.nodes.push(Node::Element(el));
-            None
+            false
         }
     }
 

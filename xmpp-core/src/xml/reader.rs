@@ -611,8 +611,11 @@ impl Reader {
                 _ => {}
             }
             match self.builder.event(event, &self.scope) {
-                Ok(None) => self.parsed = base + end,
-                Ok(Some(el)) => {
+                Ok(false) => self.parsed = base + end,
+                Ok(true) => {
+                    let Some(el) = self.builder.take_root() else {
+                        return self.fall_back();
+                    };
                     let end = base + end;
                     if end > self.limits.max_element_bytes {
                         return Err(self.element_too_large());

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use compact_str::CompactString;
 use quick_xml::escape::resolve_predefined_entity;
@@ -36,7 +36,7 @@ pub enum Node {
 
 /// An XML element: its qualified name as written, its resolved namespace, its attributes
 /// (namespace declarations included, in document order) and its children.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Default)]
 pub struct Element {
     name: CompactString,
     /// A well-known namespace is a `&'static str`; others are shared with the scope they
@@ -44,7 +44,70 @@ pub struct Element {
     ns: Ns,
     /// Few and rarely changed: a boxed slice, two words rather than three.
     attrs: Box<[(CompactString, CompactString)]>,
-    children: Vec<Node>,
+    /// The content of an element whose only child is one text node (most leaves): kept
+    /// here, without a `Vec` to allocate; `children` then only caches that node for
+    /// [`nodes`](Element::nodes), if anyone asks.
+    text: Option<CompactString>,
+    /// The child nodes, unless `text` holds the content; unset when there are none.
+    children: OnceLock<Vec<Node>>,
+}
+
+impl Clone for Element {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            ns: self.ns.clone(),
+            attrs: self.attrs.clone(),
+            text: self.text.clone(),
+            children: match self.text {
+                Some(_) => OnceLock::new(),
+                None => self.children.clone(),
+            },
+        }
+    }
+}
+
+/// Equal names, namespaces, attributes and child nodes, however the content is stored.
+impl PartialEq for Element {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.ns == other.ns
+            && self.attrs == other.attrs
+            && match (&self.text, &other.text) {
+                (Some(a), Some(b)) => a == b,
+                (None, None) => self.child_nodes() == other.child_nodes(),
+                (Some(a), None) => matches!(other.child_nodes(), [Node::Text(b)] if a == b),
+                (None, Some(b)) => matches!(self.child_nodes(), [Node::Text(a)] if a == b),
+            }
+    }
+}
+
+impl Eq for Element {}
+
+impl fmt::Debug for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Content<'a>(&'a Element);
+        impl fmt::Debug for Content<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match &self.0.text {
+                    Some(t) => f.debug_list().entry(&TextNode(t)).finish(),
+                    None => f.debug_list().entries(self.0.child_nodes()).finish(),
+                }
+            }
+        }
+        struct TextNode<'a>(&'a CompactString);
+        impl fmt::Debug for TextNode<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple("Text").field(self.0).finish()
+            }
+        }
+        f.debug_struct("Element")
+            .field("name", &self.name)
+            .field("ns", &self.ns)
+            .field("attrs", &self.attrs)
+            .field("children", &Content(self))
+            .finish()
+    }
 }
 
 /// A resolved namespace name. Cloning one never allocates; only namespaces that are not
@@ -165,8 +228,26 @@ impl Element {
             name: CompactString::from(name.into()),
             attrs: Box::new([(CompactString::const_new("xmlns"), CompactString::from(ns))]),
             ns: Ns::new(ns),
-            children: Vec::new(),
+            ..Self::default()
         }
+    }
+
+    /// The child nodes when they are in `children` (not when `text` holds the content).
+    fn child_nodes(&self) -> &[Node] {
+        match self.text {
+            Some(_) => &[],
+            None => self.children.get().map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// Changes the child nodes, moving a `text` content to them first.
+    fn change_nodes(&mut self, change: impl FnOnce(&mut Vec<Node>)) {
+        let mut nodes = match self.text.take() {
+            Some(t) => vec![Node::Text(t)],
+            None => self.children.take().unwrap_or_default(),
+        };
+        change(&mut nodes);
+        self.children = OnceLock::from(nodes);
     }
 
     /// Builder: adds an attribute.
@@ -177,14 +258,19 @@ impl Element {
 
     /// Builder: appends a child element.
     pub fn child(mut self, child: Element) -> Self {
-        self.children.push(Node::Element(child));
+        self.push_child(child);
         self
     }
 
     /// Builder: appends character data.
     pub fn text_node(mut self, text: impl Into<String>) -> Self {
-        self.children
-            .push(Node::Text(CompactString::from(text.into())));
+        let text = CompactString::from(text.into());
+        if self.text.is_none() && self.child_nodes().is_empty() {
+            self.children = OnceLock::new();
+            self.text = Some(text);
+        } else {
+            self.change_nodes(|nodes| nodes.push(Node::Text(text)));
+        }
         self
     }
 
@@ -207,7 +293,7 @@ impl Element {
 
     /// Appends a child element.
     pub fn push_child(&mut self, child: Element) {
-        self.children.push(Node::Element(child));
+        self.change_nodes(|nodes| nodes.push(Node::Element(child)));
     }
 
     /// The qualified name as written (`stream:features`, `iq`).
@@ -253,12 +339,15 @@ impl Element {
 
     /// All child nodes.
     pub fn nodes(&self) -> &[Node] {
-        &self.children
+        match &self.text {
+            Some(t) => self.children.get_or_init(|| vec![Node::Text(t.clone())]),
+            None => self.children.get().map_or(&[], Vec::as_slice),
+        }
     }
 
     /// The child elements.
     pub fn children(&self) -> impl Iterator<Item = &Element> {
-        self.children.iter().filter_map(|n| match n {
+        self.child_nodes().iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
         })
@@ -291,7 +380,10 @@ impl Element {
 
     /// The concatenated character data directly inside this element.
     pub fn text(&self) -> Cow<'_, str> {
-        let mut texts = self.children.iter().filter_map(|n| match n {
+        if let Some(t) = &self.text {
+            return Cow::Borrowed(t);
+        }
+        let mut texts = self.child_nodes().iter().filter_map(|n| match n {
             Node::Text(t) => Some(t.as_str()),
             Node::Element(_) => None,
         });
@@ -322,11 +414,18 @@ impl Element {
             w.attr(k, v);
         }
         let indented = w.style() != super::Style::Compact;
-        for n in &self.children {
+        let write_text = |w: &mut XmlWriter<'_>, t: &str| {
+            if !(indented && !t.is_empty() && t.bytes().all(is_xml_space)) {
+                w.text(t);
+            }
+        };
+        if let Some(t) = &self.text {
+            write_text(w, t);
+        }
+        for n in self.child_nodes() {
             match n {
                 Node::Element(e) => e.write(w),
-                Node::Text(t) if indented && !t.is_empty() && t.bytes().all(is_xml_space) => {}
-                Node::Text(t) => w.text(t),
+                Node::Text(t) => write_text(w, t),
             }
         }
         w.end();
@@ -585,12 +684,18 @@ impl TreeBuilder {
         let mut el = open.el;
         let first = open.first_child as usize;
         let first_indent = open.first_indent as usize;
-        el.children = if self.indents.len() == first_indent {
-            self.nodes.split_off(first)
-        } else if open.has_elements && !open.has_text {
-            // Element content: the whitespace runs are indentation.
+        if self.indents.len() == first_indent || (open.has_elements && !open.has_text) {
+            // Element content: any whitespace runs are indentation.
             self.indents.truncate(first_indent);
-            self.nodes.split_off(first)
+            match self.nodes.len() - first {
+                0 => {}
+                1 if matches!(self.nodes.last(), Some(Node::Text(_))) => {
+                    if let Some(Node::Text(t)) = self.nodes.pop() {
+                        el.text = Some(t);
+                    }
+                }
+                _ => el.children = OnceLock::from(self.nodes.split_off(first)),
+            }
         } else {
             // Text-only or mixed content: the runs are text, between the nodes they were
             // read before (never next to a text node: see `push_text`).
@@ -606,8 +711,14 @@ impl TreeBuilder {
                 children.push(Node::Text(run));
             }
             children.extend(nodes);
-            children
-        };
+            if let [Node::Text(_)] = children.as_slice()
+                && let Some(Node::Text(t)) = children.pop()
+            {
+                el.text = Some(t);
+            } else {
+                el.children = OnceLock::from(children);
+            }
+        }
         self.prefixes.truncate(open.prefixes as usize);
         if open.declares_default
             && let Some(d) = self.saved_defaults.pop()
@@ -715,7 +826,7 @@ impl TreeBuilder {
                 name: CompactString::from(name),
                 ns,
                 attrs,
-                children: Vec::new(),
+                ..Element::default()
             },
             first_child: self.nodes.len() as u32,
             first_indent: self.indents.len() as u32,

@@ -113,7 +113,9 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("jid", &self.jid).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("jid", &self.jid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,7 +125,7 @@ enum Stage {
 }
 
 impl Stage {
-    fn io(&mut self) -> &mut (dyn Io) {
+    fn io(&mut self) -> &mut dyn Io {
         match self {
             Stage::Plain(s) => s,
             Stage::Tls(s) => s.as_mut(),
@@ -137,7 +139,7 @@ impl Stage {
     }
 }
 
-async fn write_all(io: &mut (dyn Io), out: &mut BytesMut) -> Result<()> {
+async fn write_all(io: &mut dyn Io, out: &mut BytesMut) -> Result<()> {
     if !out.is_empty() {
         io.write_all(out).await?;
         io.flush().await?;
@@ -239,7 +241,10 @@ async fn open_inner(
             let mut features = negotiated.features.clone().unwrap_or_default();
             if !features.mechanisms.is_empty() {
                 if !features.mechanisms.iter().any(|m| m == "EXTERNAL") {
-                    bail!("the server offers no SASL EXTERNAL ({:?})", features.mechanisms);
+                    bail!(
+                        "the server offers no SASL EXTERNAL ({:?})",
+                        features.mechanisms
+                    );
                 }
                 // RFC 6120 §6.4.2 / XEP-0178: "=" is the empty authorization identity.
                 let auth = Element::with_ns("auth", ns::SASL)
@@ -300,14 +305,14 @@ async fn open_inner(
 }
 
 /// Writes one element (compact) and flushes.
-pub async fn send_el(io: &mut (dyn Io), el: &Element) -> Result<()> {
+pub async fn send_el(io: &mut dyn Io, el: &Element) -> Result<()> {
     let mut out = BytesMut::new();
     el.write(&mut XmlWriter::new(&mut out, Style::Compact));
     write_all(io, &mut out).await
 }
 
 /// The next reader event, reading as needed.
-pub async fn next_event(io: &mut (dyn Io), reader: &mut Reader) -> Result<Event> {
+pub async fn next_event(io: &mut dyn Io, reader: &mut Reader) -> Result<Event> {
     loop {
         if let Some(ev) = reader.next_event().map_err(|e| anyhow!("parse: {e}"))? {
             if let Event::StreamClose = ev {
@@ -324,7 +329,7 @@ pub async fn next_event(io: &mut (dyn Io), reader: &mut Reader) -> Result<Event>
 }
 
 /// The next element (keepalives skipped).
-pub async fn next_element(io: &mut (dyn Io), reader: &mut Reader) -> Result<Element> {
+pub async fn next_element(io: &mut dyn Io, reader: &mut Reader) -> Result<Element> {
     loop {
         if let Event::Element(el) = next_event(io, reader).await? {
             if xmpp_core::stream::StreamError::matches(&el) {
@@ -339,7 +344,7 @@ pub async fn next_element(io: &mut (dyn Io), reader: &mut Reader) -> Result<Elem
 }
 
 /// Reads until the IQ `id` is answered; an error answer is an error.
-pub async fn iq_result(io: &mut (dyn Io), reader: &mut Reader, id: &str) -> Result<Element> {
+pub async fn iq_result(io: &mut dyn Io, reader: &mut Reader, id: &str) -> Result<Element> {
     loop {
         let el = next_element(io, reader).await?;
         if el.local_name() == "iq" && el.get_attr("id") == Some(id) {
@@ -352,4 +357,3 @@ pub async fn iq_result(io: &mut (dyn Io), reader: &mut Reader, id: &str) -> Resu
         }
     }
 }
-

@@ -69,7 +69,10 @@ impl Pki {
         if !pki.server_files().cert.exists() {
             let issuer = pki.issuer()?;
             let mut params = CertificateParams::new(
-                SERVER_NAMES.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+                SERVER_NAMES
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect::<Vec<_>>(),
             )?;
             params
                 .subject_alt_names

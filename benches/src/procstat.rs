@@ -73,7 +73,9 @@ pub fn tree(root: u32) -> Vec<u32> {
 pub fn sample(root: u32) -> Sample {
     let mut s = Sample::default();
     for pid in tree(root) {
-        let Some((_, ticks)) = stat(pid) else { continue };
+        let Some((_, ticks)) = stat(pid) else {
+            continue;
+        };
         s.cpu_s += ticks as f64 / clock_ticks();
         s.rss_kib += status_kib(pid, "VmRSS:");
         s.hwm_kib += status_kib(pid, "VmHWM:");

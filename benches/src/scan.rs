@@ -55,12 +55,13 @@ fn attr_id(tag: &[u8]) -> Option<&[u8]> {
     while let Some(p) = memchr::memmem::find(&tag[i..], b"id=") {
         let at = i + p;
         let before_ok = at == 0 || matches!(tag[at - 1], b' ' | b'\t' | b'\n' | b'\r');
-        if before_ok && let Some(&q) = tag.get(at + 3) {
-            if q == b'"' || q == b'\'' {
-                let start = at + 4;
-                let end = memchr(q, &tag[start..])?;
-                return Some(&tag[start..start + end]);
-            }
+        if before_ok
+            && let Some(&q) = tag.get(at + 3)
+            && (q == b'"' || q == b'\'')
+        {
+            let start = at + 4;
+            let end = memchr(q, &tag[start..])?;
+            return Some(&tag[start..start + end]);
         }
         i = at + 3;
     }

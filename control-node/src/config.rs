@@ -1,7 +1,7 @@
 //! The control node's configuration: the Contrail keys of spec §8.1 plus documented
 //! additions of ours, loaded from `contrail-control.conf` and command-line overrides.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ const DEFAULT_KEYS: &[KeySpec] = &[
     KeySpec::new(
         "hostip",
         KeyKind::Str,
-        "Address the XMPP server listens on (IPv4 or IPv6). Default: all addresses.",
+        "Address the XMPP server listens on (IPv4 or IPv6). Default: all addresses, IPv4 \
+         and IPv6 (`::`, falling back to `0.0.0.0` where IPv6 is off).",
     ),
     KeySpec::new(
         "hostname",
@@ -173,7 +174,8 @@ impl Config {
         const D: &str = "DEFAULT";
         let ip: IpAddr = ini
             .get_parsed(D, "hostip", "an IPv4 or IPv6 address")?
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            // `::` is dual-stack on Linux (IPV6_V6ONLY off by default): IPv4 and IPv6 agents.
+            .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         let port = ini.get_u16_or(D, "xmpp_server_port", 5269)?;
         let hostname = match ini.get_str(D, "hostname")? {
             Some(h) if !h.is_empty() => h.to_owned(),

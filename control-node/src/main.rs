@@ -117,12 +117,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         eor_max: std::time::Duration::from_secs(300),
         drain_timeout: std::time::Duration::from_secs(5),
     };
-    let xmpp = tokio::net::TcpListener::bind(config.listen)
+    let xmpp = xmpp_core::io::bind_dual_stack(config.listen)
         .await
         .with_context(|| format!("cannot listen for XMPP on {}", config.listen))?;
     let http = match config.http_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+            xmpp_core::io::bind_dual_stack(addr)
                 .await
                 .with_context(|| format!("cannot listen for introspect on {addr}"))?,
         ),

@@ -315,6 +315,21 @@ fn negotiation_read_error<T>(io: &Transport<T>, e: std::io::Error) -> Error {
     }
 }
 
+/// Binds a TCP listener; an unspecified IPv6 address (`::`, dual-stack on Linux) falls
+/// back to `0.0.0.0` on hosts where IPv6 is disabled.
+pub async fn bind_dual_stack(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Err(e) if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) => {
+            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(error = %e, "IPv6 unavailable; listening on {v4} only");
+            tokio::net::TcpListener::bind(v4).await
+        }
+        r => r,
+    }
+}
+
 /// What [`XmppStream::next`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {

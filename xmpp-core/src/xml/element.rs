@@ -486,10 +486,10 @@ fn not_well_formed(e: &quick_xml::Error) -> Error {
 /// An element whose end tag has not been seen yet.
 #[derive(Debug)]
 struct Open {
-    /// The element without its children.
-    el: Element,
-    /// Where its children start in [`TreeBuilder::nodes`].
-    first_child: u32,
+    /// Where the element (without its children yet) is in [`TreeBuilder::nodes`]; its
+    /// children follow it there. It stays in place, and is finished in place, until its
+    /// parent ends: elements are moved in bulk, with their siblings, not one by one.
+    at: u32,
     /// Where its indentation runs start in [`TreeBuilder::indents`].
     first_indent: u32,
     /// The length of [`TreeBuilder::prefixes`] before its declarations.
@@ -574,17 +574,20 @@ impl TreeBuilder {
                 self.open_element(start, scope)?;
                 Ok(self.close_element())
             }
-            Event::End(end) => match self.open.last() {
-                Some(open) if open.el.name.as_str() == end.name().as_ref() => {
-                    Ok(self.close_element())
+            Event::End(end) => {
+                let open = self.open.last().map(|o| o.at as usize);
+                match open.and_then(|at| self.nodes.get(at)) {
+                    Some(Node::Element(el)) if el.name.as_str() == end.name().as_ref() => {
+                        Ok(self.close_element())
+                    }
+                    Some(Node::Element(el)) => Err(Error::NotWellFormed(format!(
+                        "end tag </{}> does not match <{}>",
+                        end.name().as_ref(),
+                        el.name
+                    ))),
+                    _ => Err(Error::NotWellFormed("unbalanced end tag".into())),
                 }
-                Some(open) => Err(Error::NotWellFormed(format!(
-                    "end tag </{}> does not match <{}>",
-                    end.name().as_ref(),
-                    open.el.name
-                ))),
-                None => Err(Error::NotWellFormed("unbalanced end tag".into())),
-            },
+            }
             Event::Text(t) => {
                 if self.open.is_empty() {
                     if t.bytes().all(is_xml_space) {
@@ -667,7 +670,7 @@ impl TreeBuilder {
                 self.nodes.push(Node::Text(run));
             }
         }
-        if self.nodes.len() > open.first_child as usize
+        if self.nodes.len() > open.at as usize + 1
             && let Some(Node::Text(prev)) = self.nodes.last_mut()
         {
             prev.push_str(text);
@@ -681,9 +684,11 @@ impl TreeBuilder {
         let Some(open) = self.open.pop() else {
             return false;
         };
-        let mut el = open.el;
-        let first = open.first_child as usize;
+        let at = open.at as usize;
+        let first = at + 1;
         let first_indent = open.first_indent as usize;
+        let mut text = None;
+        let mut children = None;
         if self.indents.len() == first_indent || (open.has_elements && !open.has_text) {
             // Element content: any whitespace runs are indentation.
             self.indents.truncate(first_indent);
@@ -691,31 +696,37 @@ impl TreeBuilder {
                 0 => {}
                 1 if matches!(self.nodes.last(), Some(Node::Text(_))) => {
                     if let Some(Node::Text(t)) = self.nodes.pop() {
-                        el.text = Some(t);
+                        text = Some(t);
                     }
                 }
-                _ => el.children = OnceLock::from(self.nodes.split_off(first)),
+                _ => children = Some(self.nodes.split_off(first)),
             }
         } else {
             // Text-only or mixed content: the runs are text, between the nodes they were
             // read before (never next to a text node: see `push_text`).
             let runs = self.indents.split_off(first_indent);
-            let mut children = Vec::with_capacity(self.nodes.len() - first + runs.len());
+            let mut all = Vec::with_capacity(self.nodes.len() - first + runs.len());
             let mut nodes = self.nodes.drain(first..);
-            let mut at = first;
+            let mut next = first;
             for (run_at, run) in runs {
-                while at < run_at as usize {
-                    children.extend(nodes.next());
-                    at += 1;
+                while next < run_at as usize {
+                    all.extend(nodes.next());
+                    next += 1;
                 }
-                children.push(Node::Text(run));
+                all.push(Node::Text(run));
             }
-            children.extend(nodes);
-            if let [Node::Text(_)] = children.as_slice()
-                && let Some(Node::Text(t)) = children.pop()
+            all.extend(nodes);
+            if let [Node::Text(_)] = all.as_slice()
+                && let Some(Node::Text(t)) = all.pop()
             {
-                el.text = Some(t);
+                text = Some(t);
             } else {
+                children = Some(all);
+            }
+        }
+        if let Some(Node::Element(el)) = self.nodes.get_mut(at) {
+            el.text = text;
+            if let Some(children) = children {
                 el.children = OnceLock::from(children);
             }
         }
@@ -725,13 +736,13 @@ impl TreeBuilder {
         {
             self.default = d;
         }
-        if self.open.is_empty() {
-            self.root = Some(el);
-            true
-        } else {
-            self.nodes.push(Node::Element(el));
-            false
+        if !self.open.is_empty() {
+            return false;
         }
+        if let Some(Node::Element(root)) = self.nodes.pop() {
+            self.root = Some(root);
+        }
+        true
     }
 
     /// Opens an element from a start tag: checks its name and attributes, applies its
@@ -822,19 +833,20 @@ impl TreeBuilder {
             parent.has_elements = true;
         }
         self.open.push(Open {
-            el: Element {
-                name: CompactString::from(name),
-                ns,
-                attrs,
-                ..Element::default()
-            },
-            first_child: self.nodes.len() as u32,
+            at: self.nodes.len() as u32,
             first_indent: self.indents.len() as u32,
             prefixes,
             declares_default,
             has_elements: false,
             has_text: false,
         });
+        self.nodes.push(Node::Element(Element {
+            name: CompactString::from(name),
+            ns,
+            attrs,
+            text: None,
+            children: OnceLock::new(),
+        }));
         Ok(())
     }
 

@@ -139,13 +139,15 @@ fn decode_quick_xml_attrs_text(body: &[u8]) -> usize {
     n
 }
 
+type Decoder = fn(&[u8]) -> usize;
+
 /// Runs the decoders interleaved, `ROUNDS` times each, and prints the best throughput of
 /// each and the reader's ratios to the two baselines. Interleaving and taking the best run
 /// keep the ratio meaningful on a busy machine, where criterion's separate measurements of
 /// each function can see different loads.
 fn print_ratios(body: &[u8]) {
     const ROUNDS: usize = 15;
-    let decoders: [(&str, fn(&[u8]) -> usize); 3] = [
+    let decoders: [(&str, Decoder); 3] = [
         ("xmpp_core_reader", decode_reader),
         ("bare_quick_xml_events", decode_bare),
         ("quick_xml_attrs_text", decode_quick_xml_attrs_text),

@@ -462,13 +462,19 @@ async fn session_loop(
                 rbuf.clear();
             }
             r = wr.write(&out), if !out.is_empty() => {
-                let n = r?;
-                if n == 0 {
-                    return Ok(End::Reconnect);
-                }
+                // A write error is the server closing the session (the storm's name
+                // refusals, spec §5.6): reconnect, as an agent does.
+                let n = match r {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        shared.server_closes.fetch_add(1, Ordering::Relaxed);
+                        return Ok(End::Reconnect);
+                    }
+                };
                 out.advance(n);
-                if out.is_empty() {
-                    wr.flush().await?;
+                if out.is_empty() && wr.flush().await.is_err() {
+                    shared.server_closes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(End::Reconnect);
                 }
             }
             _ = pace.tick(), if publishing && plan.rate > 0 && !rfc && next_route < to_publish => {

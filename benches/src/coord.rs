@@ -225,6 +225,10 @@ fn merge(reports: &[Report], f: impl Fn(&Report) -> &crate::hist::SparseHist) ->
 /// Runs one scenario end to end.
 #[allow(clippy::too_many_lines)]
 pub async fn run_once(opts: &RunOpts) -> Result<RunResult> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
     let mut plan = opts.plan.clone();
     let work = opts.server.work.clone();
     std::fs::create_dir_all(&work)?;
@@ -299,6 +303,7 @@ pub async fn run_once(opts: &RunOpts) -> Result<RunResult> {
         s.stop().await;
     }
     let mut r = result?;
+    r.loadavg_start = loadavg;
     r.label = opts.label.clone();
     r.scenario = plan.scenario.name().into();
     r.server = opts.server.kind.name().into();
@@ -404,6 +409,9 @@ async fn drive(
             r.storm_server_cpu_s = sample().cpu_s - s_before.cpu_s;
             let last_ready2 = re.iter().map(|x| x.last_ready).max().unwrap_or(0);
             let last_conv2 = conv2.iter().map(|x| x.last_converged).max().unwrap_or(0);
+            let setup2 = merge(&re, |x| &x.setup);
+            r.storm_setup_p50_ms = ms(setup2.quantile(0.5));
+            r.storm_setup_p99_ms = ms(setup2.quantile(0.99));
             r.storm_reestablished_s = last_ready2.saturating_sub(t_drop) as f64 / 1e6;
             r.storm_converge_s = last_conv2.saturating_sub(t_drop) as f64 / 1e6;
             r.storm_attempts_per_agent = conv2.iter().map(|x| x.attempts).sum::<u64>() as f64

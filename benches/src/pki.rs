@@ -37,6 +37,16 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
+/// Certificates are valid for a year from an hour ago (ejabberd's certificate timers refuse
+/// rcgen's default end date in year 4096); the cache is renewed after 300 days.
+fn validity(params: &mut CertificateParams) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+}
+
+const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(300 * 86_400);
+
 fn dn(cn: &str) -> DistinguishedName {
     let mut d = DistinguishedName::new();
     d.push(DnType::CommonName, cn);
@@ -51,10 +61,19 @@ impl Pki {
         let pki = Self {
             dir: dir.to_owned(),
         };
-        if !pki.ca_cert().exists() || !pki.dir.join("ca.key").exists() {
+        let stale = fs::metadata(pki.ca_cert())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > RENEW_AFTER);
+        if stale || !pki.dir.join("ca.key").exists() {
+            // A new CA invalidates every certificate it signed.
+            let _ = fs::remove_dir_all(pki.dir.join("clients"));
+            fs::create_dir_all(pki.dir.join("clients"))?;
             let mut params = CertificateParams::default();
             params.distinguished_name = dn("contrail-xmpp bench CA");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            validity(&mut params);
             params.key_usages = vec![
                 KeyUsagePurpose::KeyCertSign,
                 KeyUsagePurpose::CrlSign,
@@ -78,6 +97,7 @@ impl Pki {
                 .subject_alt_names
                 .push(SanType::IpAddress([127, 0, 0, 1].into()));
             params.distinguished_name = dn("localhost");
+            validity(&mut params);
             params.key_usages = vec![
                 KeyUsagePurpose::DigitalSignature,
                 KeyUsagePurpose::KeyEncipherment,
@@ -167,6 +187,7 @@ impl Pki {
             OtherNameValue::Utf8String(format!("{name}@{domain}")),
         )));
         params.distinguished_name = dn(name);
+        validity(&mut params);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate()?;

@@ -63,6 +63,10 @@ pub struct RunResult {
     pub storm_converge_s: f64,
     /// Storm: connect attempts per agent in the reconnect.
     pub storm_attempts_per_agent: f64,
+    /// Storm: per-agent reconnect → established, median and 99th percentile (ms).
+    pub storm_setup_p50_ms: f64,
+    /// See `storm_setup_p50_ms`.
+    pub storm_setup_p99_ms: f64,
     /// Storm: server CPU seconds from the drop to convergence.
     pub storm_server_cpu_s: f64,
     /// Sessions the server closed (storm: name still held by the old session, retried).
@@ -91,6 +95,9 @@ pub struct RunResult {
     pub wire_bytes_per_delivery: f64,
     /// Generator CPU seconds (all workers).
     pub generator_cpu_s: f64,
+    /// The machine's 1-minute load average when the run started (other work on the box
+    /// competes with the pinned server and generator).
+    pub loadavg_start: f64,
     /// Failures, first few.
     pub errors: Vec<String>,
 }
@@ -163,8 +170,10 @@ impl RunResult {
                 (
                     "storm reconnect",
                     format!(
-                        "all re-subscribed {} s, all converged {} s, server CPU {} s, {} attempts/agent, {} server closes",
+                        "all re-subscribed {} s (per agent p50 {} ms, p99 {} ms), all converged {} s, server CPU {} s, {} attempts/agent, {} server closes",
                         f(self.storm_reestablished_s, 3),
+                        f(self.storm_setup_p50_ms, 1),
+                        f(self.storm_setup_p99_ms, 1),
                         f(self.storm_converge_s, 3),
                         f(self.storm_server_cpu_s, 2),
                         f(self.storm_attempts_per_agent, 2),
@@ -202,7 +211,14 @@ impl RunResult {
                     f(self.wire_bytes_per_delivery, 0)
                 ),
             ),
-            ("generator CPU", format!("{} s", f(self.generator_cpu_s, 2))),
+            (
+                "generator CPU",
+                format!(
+                    "{} s (load average at start {:.2})",
+                    f(self.generator_cpu_s, 2),
+                    self.loadavg_start
+                ),
+            ),
         ]);
         for e in &self.errors {
             rows.push(("error", e.clone()));

@@ -311,12 +311,27 @@ modules:
                     "--node".into(),
                     node,
                 ];
-                let mut args = base.clone();
+                // Run ejabberdctl as the ejabberd user with setpriv: as root it would `su`,
+                // and PAM resets the descriptor limit to 1024 there (accept fails with
+                // EMFILE past ~1000 clients); setpriv keeps the raised limit.
+                let as_ejabberd: Vec<String> = [
+                    "--reuid=ejabberd",
+                    "--regid=ejabberd",
+                    "--init-groups",
+                    "/usr/sbin/ejabberdctl",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+                let mut args = as_ejabberd.clone();
+                args.extend(base.clone());
                 args.push("foreground".into());
-                let mut stop = vec!["/usr/sbin/ejabberdctl".to_owned()];
+                let mut stop = vec!["setpriv".to_owned()];
+                stop.extend(as_ejabberd);
                 stop.extend(base);
                 stop.push("stop".into());
-                let mut c = wrapped(&opts.cpus, "/usr/sbin/ejabberdctl", &args);
+                let mut c = wrapped(&opts.cpus, "setpriv", &args);
+                c.env("HOME", "/var/lib/ejabberd");
                 // A private epmd port: ejabberd's epmd then never meets another one, and
                 // the port in its environment tells which epmd is ours to stop.
                 let ep = free_port()?;
@@ -373,6 +388,7 @@ modules:
                     .args(&cmd[1..])
                     .env("ERL_EPMD_ADDRESS", "127.0.0.1")
                     .env("ERL_EPMD_PORT", self.epmd_port.unwrap_or(4369).to_string())
+                    .env("HOME", "/var/lib/ejabberd")
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status(),

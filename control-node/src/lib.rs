@@ -4,9 +4,12 @@
 //! listeners and a shutdown token, so tests run the whole node on port 0. [`server`] accepts
 //! connections and holds the shared state, [`session`] runs one agent, [`rib`] is the pure
 //! route table with fan-out, [`introspect`] serves JSON and Prometheus metrics over HTTP.
+//! Standard XMPP clients (RFC 6120 profile, SASL EXTERNAL) reach the same table through
+//! XEP-0060 publish-subscribe, served by the `rfc` module.
 
 pub mod config;
 pub mod introspect;
+mod rfc;
 pub mod rib;
 pub mod server;
 pub mod session;

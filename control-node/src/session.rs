@@ -1,5 +1,9 @@
 //! One agent's session: negotiation, identity checks, the BGP channel (subscribe,
 //! publish/collection, spec §6), fan-out delivery and end-of-RIB.
+//!
+//! A stream whose header says `jabber:client` is an RFC 6120 client instead: it
+//! negotiates SASL EXTERNAL and binding ([`RfcProfile::Client`]), is known by its bound
+//! JID, and speaks XEP-0060 ([`crate::rfc`]) to the same table.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -15,10 +19,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use xmpp_core::contrail::message::{RouteChange, encode_changes, write_control_eor};
 use xmpp_core::contrail::pubsub::{AgentRequest, PairOutcome, PublishPairer, RouteUpdate};
 use xmpp_core::contrail::{Family, RouteEntry};
-use xmpp_core::io::{Incoming, XmppStream, accept};
-use xmpp_core::negotiate::ServerPolicy;
+use xmpp_core::io::{Incoming, XmppStream, accept_with};
+use xmpp_core::jid::Jid;
+use xmpp_core::negotiate::{RfcProfile, ServerPolicy};
 use xmpp_core::stanza::{Iq, Message, ns};
-use xmpp_core::stream::Condition;
+use xmpp_core::stream::{Condition, Dialect};
 use xmpp_core::xml::Element;
 use xmpp_core::{Error, tls};
 
@@ -46,7 +51,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr)
         let tls_cfg = settings.tls.as_ref().map(tls::ServerTls::current);
         let negotiated = tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            r = accept(tcp, policy, tls_cfg, settings.timing) => r,
+            r = accept_with(tcp, policy, RfcProfile::Client, tls_cfg, settings.timing) => r,
         };
         let mut stream = match negotiated {
             Ok(s) => s,
@@ -98,11 +103,16 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr)
         info!(agent = %name, tls = handle.tls, tls_version = handle.tls_version.as_deref().unwrap_or("-"),
             dialect = %handle.dialect, "session up");
 
+        let rfc_jid = match handle.dialect {
+            Dialect::Rfc => stream.negotiated().jid.clone(),
+            Dialect::Contrail => None,
+        };
         let mut session = Session {
             shared: &shared,
             handle: &handle,
             pairer: PublishPairer::new(),
             last_activity: Instant::now(),
+            rfc_jid,
         };
         let result = session.serve(&mut stream, rx).await;
         let reason = match &result {
@@ -137,12 +147,26 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr)
 /// Checks who the peer says it is: a name is required; with TLS, the name must be the
 /// certificate's CN or a subject alternative name (unless `xmpp_check_peer_name=false`);
 /// and the name must not be held by another live session (spec §5.6).
+///
+/// An RFC client's name is its bound full JID: SASL EXTERNAL already tied it to the
+/// certificate, so only the uniqueness claim remains (a second session with the same full
+/// JID is refused with `conflict`, RFC 6120 §4.9.3.3, as a duplicate agent is).
 fn admit(
     shared: &Shared,
     stream: &XmppStream<TcpStream>,
     id: SessionId,
     remote: SocketAddr,
 ) -> Result<String, Error> {
+    if let Some(jid) = &stream.negotiated().jid {
+        let name = jid.to_string();
+        shared
+            .claim_name(&name, id, remote.ip())
+            .map_err(|detail| Error::Identity {
+                detail,
+                condition: Condition::Conflict,
+            })?;
+        return Ok(name);
+    }
     let header = &stream.negotiated().peer_header;
     let name = header.from.clone().unwrap_or_default();
     if name.is_empty() {
@@ -191,6 +215,8 @@ struct Session<'a> {
     pairer: PublishPairer,
     /// Last IQ or message received or sent (the end-of-RIB quiet period, spec §5.8).
     last_activity: Instant,
+    /// The bound JID of an RFC 6120 client; `None` for a Contrail agent.
+    rfc_jid: Option<Jid>,
 }
 
 impl Session<'_> {
@@ -200,7 +226,9 @@ impl Session<'_> {
         mut rx: mpsc::Receiver<Delivery<Path>>,
     ) -> Result<(), Error> {
         let started = Instant::now();
-        let mut eor_sent = false;
+        // End-of-RIB is a Contrail marker (spec §5.8); XEP-0060 has no such notion, so RFC
+        // clients never get one.
+        let mut eor_sent = self.rfc_jid.is_some();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let ev = tokio::select! {
@@ -234,9 +262,25 @@ impl Session<'_> {
                             .stanzas_received
                             .fetch_add(1, Ordering::Relaxed);
                         self.last_activity = Instant::now();
-                        let mine = self.on_element(&el)?;
+                        let (reply, mine) = match &self.rfc_jid {
+                            Some(jid) => {
+                                let peer = crate::rfc::RfcPeer {
+                                    shared: self.shared,
+                                    handle: self.handle,
+                                    jid,
+                                };
+                                let o = peer.on_element(&el)?;
+                                (o.reply, o.mine)
+                            }
+                            None => (None, self.on_element(&el)?),
+                        };
+                        if let Some(reply) = &reply {
+                            stream.queue(&reply.to_element());
+                        }
                         if !mine.is_empty() {
                             self.send_deliveries(stream, &mine);
+                        }
+                        if reply.is_some() || !mine.is_empty() {
                             self.flush(stream).await?;
                         }
                     }
@@ -360,7 +404,6 @@ impl Session<'_> {
             return Ok(());
         }
         let master = update.vrf == FABRIC_VRF;
-        let id = self.handle.id;
         for item in update.route_entries() {
             let checked = item.and_then(|e| {
                 if update.add {
@@ -386,22 +429,7 @@ impl Session<'_> {
                 prefix: entry.nlri.prefix,
             };
             let path = update.add.then(|| Arc::new(entry));
-            let vrf = update.vrf.as_str();
-            self.shared
-                .with_rib(id, |rib| rib.update(id, vrf, key, path))
-                .map_err(membership)?;
-            // Counted once the table took it: a route refused for membership is not
-            // "received".
-            if update.add {
-                self.handle
-                    .stats
-                    .routes_received
-                    .fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .metrics
-                    .routes_received
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            update_route(self.shared, self.handle, &update.vrf, key, path).map_err(membership)?;
         }
         Ok(())
     }
@@ -409,7 +437,12 @@ impl Session<'_> {
     /// Encodes deliveries into route messages (≤ 32 items / ≤ 256 retracts each, one VRF
     /// and family per message, spec §6.6) in the stream's output buffer.
     fn send_deliveries(&mut self, stream: &mut XmppStream<TcpStream>, batch: &[Delivery<Path>]) {
-        let sent = encode_deliveries(stream.out_mut(), &self.handle.name, batch);
+        let sent = match &self.rfc_jid {
+            Some(jid) => {
+                crate::rfc::write_events(stream.out_mut(), jid.domain(), &jid.to_string(), batch)
+            }
+            None => encode_deliveries(stream.out_mut(), &self.handle.name, batch),
+        };
         if sent > 0 {
             // Spec §5.8: the end-of-RIB waits for a channel quiet in both directions.
             self.last_activity = Instant::now();
@@ -460,9 +493,47 @@ fn merged_entry(paths: &[(SessionId, Path)]) -> Option<RouteEntry> {
     Some(entry)
 }
 
+/// Applies one path change of `handle`'s session to the table (fan-out included) and
+/// counts an accepted add: the common step of an agent's publish/collection pair and an
+/// RFC client's XEP-0060 publish or retract.
+pub(crate) fn update_route(
+    shared: &Shared,
+    handle: &SessionHandle,
+    vrf: &str,
+    key: RouteKey,
+    path: Option<Path>,
+) -> Result<(), MembershipError> {
+    let id = handle.id;
+    let add = path.is_some();
+    shared.with_rib(id, |rib| rib.update(id, vrf, key, path))?;
+    // Counted once the table took it: a route refused for membership is not "received".
+    if add {
+        handle.stats.routes_received.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .routes_received
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Groups consecutive deliveries by (VRF, family) and writes them as route messages.
 /// Returns how many items and retracts were written.
 pub fn encode_deliveries(out: &mut BytesMut, agent: &str, batch: &[Delivery<Path>]) -> u64 {
+    group_deliveries(batch, |vrf, family, changes| {
+        for m in encode_changes(agent, family, vrf, changes) {
+            out.extend_from_slice(&m);
+        }
+    })
+}
+
+/// Splits a batch of deliveries into runs of one (VRF, family), turns each into the
+/// changes one subscriber sees (ECMP paths merged), and hands each run to `write`.
+/// Returns how many changes there were.
+pub(crate) fn group_deliveries(
+    batch: &[Delivery<Path>],
+    mut write: impl FnMut(&str, Family, &[RouteChange]),
+) -> u64 {
     let mut sent = 0;
     let mut i = 0;
     while i < batch.len() {
@@ -490,9 +561,7 @@ pub fn encode_deliveries(out: &mut BytesMut, agent: &str, batch: &[Delivery<Path
             i += 1;
         }
         sent += changes.len() as u64;
-        for m in encode_changes(agent, family, &vrf, &changes) {
-            out.extend_from_slice(&m);
-        }
+        write(&vrf, family, &changes);
     }
     sent
 }

@@ -1,6 +1,11 @@
 //! One agent's DNS session: negotiation, identity checks, then DNS update IQs (spec §7)
 //! into the record store. Nothing is ever sent back but keepalives (contrail-dns answers
 //! nothing either).
+//!
+//! A `jabber:client` stream is served in the RFC 6120 profile instead ([`RfcProfile::Client`]:
+//! SASL EXTERNAL, binding; the session is named by its bound JID) and every IQ request
+//! gets its answer (RFC 6120 §8.2.3): a DNS update a `result` (or `bad-request`), XEP-0199
+//! ping a `result`, anything else `service-unavailable`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,10 +16,10 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 use xmpp_core::contrail::PayloadError;
 use xmpp_core::contrail::dns::DnsUpdate;
-use xmpp_core::io::{Incoming, XmppStream, accept};
-use xmpp_core::negotiate::ServerPolicy;
-use xmpp_core::stanza::{Iq, Message};
-use xmpp_core::stream::Condition;
+use xmpp_core::io::{Incoming, XmppStream, accept_with};
+use xmpp_core::negotiate::{RfcProfile, ServerPolicy};
+use xmpp_core::stanza::{Iq, Message, StanzaCondition, StanzaError, ping};
+use xmpp_core::stream::{Condition, Dialect};
 use xmpp_core::xml::Element;
 use xmpp_core::{Error, tls};
 
@@ -35,7 +40,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr)
         let tls_cfg = settings.tls.as_ref().map(tls::ServerTls::current);
         let negotiated = tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            r = accept(tcp, policy, tls_cfg, settings.timing) => r,
+            r = accept_with(tcp, policy, RfcProfile::Client, tls_cfg, settings.timing) => r,
         };
         let mut stream = match negotiated {
             Ok(s) => s,
@@ -88,6 +93,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr)
         let session = Session {
             shared: &shared,
             handle: &handle,
+            rfc: handle.dialect == Dialect::Rfc,
         };
         let result = session.serve(&mut stream).await;
         let reason = match &result {
@@ -119,6 +125,18 @@ fn admit(
     id: SessionId,
     remote: SocketAddr,
 ) -> Result<(String, String), Error> {
+    // RFC client: SASL EXTERNAL tied the bound JID to the certificate; it only has to be
+    // unique (`conflict` otherwise, RFC 6120 §4.9.3.3).
+    if let Some(bound) = &stream.negotiated().jid {
+        let name = bound.to_string();
+        shared
+            .claim_name(&name, id, remote.ip())
+            .map_err(|detail| Error::Identity {
+                detail,
+                condition: Condition::Conflict,
+            })?;
+        return Ok((name.clone(), name));
+    }
     let jid = stream
         .negotiated()
         .peer_header
@@ -161,6 +179,8 @@ fn admit(
 struct Session<'a> {
     shared: &'a Shared,
     handle: &'a SessionHandle,
+    /// An RFC 6120 client: every IQ request is answered.
+    rfc: bool,
 }
 
 impl Session<'_> {
@@ -177,7 +197,10 @@ impl Session<'_> {
                         .stats
                         .stanzas_received
                         .fetch_add(1, Ordering::Relaxed);
-                    self.on_element(&el)?;
+                    if let Some(reply) = self.on_element(&el)? {
+                        stream.queue(&reply.to_element());
+                        stream.flush().await?;
+                    }
                 }
             }
         }
@@ -187,17 +210,49 @@ impl Session<'_> {
         *lock(&self.handle.stats.last_event) = name;
     }
 
-    fn on_element(&self, el: &Element) -> Result<(), Error> {
+    /// Handles one element; returns the IQ answer an RFC client gets.
+    fn on_element(&self, el: &Element) -> Result<Option<Iq>, Error> {
         if Message::matches(el) {
             self.event("xmsm::EvXmppMessageStanza");
             debug!("ignoring message from agent");
-            return Ok(());
+            return Ok(None);
         }
         if !Iq::matches(el) {
             debug!(element = el.name(), "ignoring element");
-            return Ok(());
+            return Ok(None);
         }
         self.event("xmsm::EvXmppIqStanza");
+        if self.rfc {
+            return self.on_rfc_iq(el);
+        }
+        self.on_update(el).map(|_| None)
+    }
+
+    /// RFC 6120 §8.2.3: exactly one `result` or `error` per request; responses are dropped.
+    fn on_rfc_iq(&self, el: &Element) -> Result<Option<Iq>, Error> {
+        let iq = Iq::from_element(el)?;
+        if !iq.is_request() {
+            return Ok(None);
+        }
+        if ping::is_ping(&iq) || ping::is_session(&iq) {
+            return Ok(Some(iq.result()));
+        }
+        if el.find_descendant("dns").is_none() {
+            return Ok(Some(
+                iq.error(&StanzaError::new(StanzaCondition::ServiceUnavailable)),
+            ));
+        }
+        Ok(Some(match self.on_update(el) {
+            Ok(()) => iq.result(),
+            Err(e) => {
+                iq.error(&StanzaError::new(StanzaCondition::BadRequest).with_text(e.to_string()))
+            }
+        }))
+    }
+
+    /// A DNS update IQ (spec §7). An error closes a Contrail agent's session; an RFC
+    /// client gets it as a `bad-request` instead.
+    fn on_update(&self, el: &Element) -> Result<(), Error> {
         if el.find_descendant("dns").is_none() {
             debug!(iq_type = ?el.get_attr("type"), "ignoring iq without a dns payload");
             return Ok(());

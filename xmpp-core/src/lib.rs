@@ -14,12 +14,19 @@
 //! 6. [`io`] glues the above to tokio: TCP, the TLS upgrade, batched writes, hold and
 //!    keepalive timers.
 //! 7. [`contrail`] holds the Contrail message payloads (route items, DNS updates).
+//!
+//! The RFC 6120 profile (standard XMPP peers) adds [`sasl`] (EXTERNAL with certificates,
+//! PLAIN), [`jid`], and in [`stanza`] resource binding, ping and XEP-0060 pubsub; the
+//! negotiators run SASL and binding as further states, and [`io::IqTracker`] /
+//! [`io::Client`] match IQ responses to requests with timeouts.
 
 pub mod config;
 pub mod contrail;
 pub mod error;
 pub mod io;
+pub mod jid;
 pub mod negotiate;
+pub mod sasl;
 pub mod stanza;
 pub mod stream;
 pub mod systemd;

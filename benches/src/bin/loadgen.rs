@@ -33,6 +33,9 @@ enum Cmd {
         /// Smaller sizes (a quick look, about a minute).
         #[arg(long)]
         quick: bool,
+        /// Tiny sizes, every scenario in a few seconds (CI: the generator cannot rot).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -277,8 +280,16 @@ fn run_args(common: &Common, scenario: Scenario, agents: u32, routes: u32, vrfs:
     }
 }
 
-async fn suite(quick: bool, common: &Common) -> Result<bool> {
-    let sizes: Vec<(Scenario, u32, u32, u32)> = if quick {
+async fn suite(quick: bool, smoke: bool, common: &Common) -> Result<bool> {
+    let sizes: Vec<(Scenario, u32, u32, u32)> = if smoke {
+        vec![
+            (Scenario::Fanout, 5, 20, 1),
+            (Scenario::Mesh, 5, 5, 1),
+            (Scenario::Vrfs, 20, 2, 4),
+            (Scenario::Storm, 20, 2, 4),
+            (Scenario::Idle, 20, 0, 4),
+        ]
+    } else if quick {
         vec![
             (Scenario::Fanout, 10, 1000, 1),
             (Scenario::Fanout, 100, 1000, 1),
@@ -422,7 +433,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match &cli.cmd {
             Cmd::Run(a) => run_and_print(a).await.map(|r| r.ok),
-            Cmd::Suite { quick, common } => suite(*quick, common).await,
+            Cmd::Suite {
+                quick,
+                smoke,
+                common,
+            } => suite(*quick, *smoke, common).await,
             Cmd::Compare(a) => compare(a).await,
             Cmd::Worker { .. } => Ok(true),
         }

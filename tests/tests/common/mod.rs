@@ -392,3 +392,65 @@ pub async fn http_request(
     };
     (status, body)
 }
+
+/// An xmppAddr subject alternative name (RFC 6120 §13.7.1.4, OID 1.3.6.1.5.5.7.8.5): the
+/// identity SASL EXTERNAL authenticates (XEP-0178). Interop certificates carry exactly one:
+/// ejabberd refuses an empty authzid when there are several.
+pub fn xmpp_addr_san(jid: &str) -> SanType {
+    SanType::OtherName((
+        vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+        rcgen::OtherNameValue::Utf8String(jid.to_owned()),
+    ))
+}
+
+/// Sets a validity from January 1st of last year to January 1st of the year after next:
+/// rcgen's default (until 4096) makes ejabberd's certificate manager fail (its expiry
+/// timers overflow), and real deployments never see such dates either.
+fn bounded_validity(params: &mut CertificateParams) {
+    let year = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| 1970 + (d.as_secs() / 31_556_952) as i32)
+        .unwrap_or(2026);
+    params.not_before = date_time_ymd(year - 1, 1, 1);
+    params.not_after = date_time_ymd(year + 2, 1, 1);
+}
+
+impl Ca {
+    /// [`Ca::new`] with a bounded validity (see `bounded_validity`).
+    pub fn new_bounded(cn: &str) -> Self {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        bounded_validity(&mut params);
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            issuer: Issuer::new(params, key),
+            pem: cert.pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// [`Ca::leaf`] (never expired) with a bounded validity.
+    pub fn leaf_bounded(&self, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Leaf {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(cn);
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![eku];
+        bounded_validity(&mut params);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+}

@@ -2,10 +2,15 @@
 //! cancel-safe element reader with batched, bounded writes and the hold and keepalive
 //! timers.
 //!
+//! [`accept`] and [`connect`] run the stream layer; [`accept_with`] and [`connect_with`]
+//! add the RFC 6120 client profile (SASL EXTERNAL from the verified client certificate,
+//! binding). [`IqTracker`] and [`Client`] match IQ responses to requests with timeouts.
+//!
 //! Timers (spec §5.4): the hold timer (default 90 s) is re-armed by every received byte;
 //! when it expires the stream ends with [`Error::Timeout`]. Keepalives (`C8 80` for
 //! Contrail, a space for RFC peers) are sent every hold/3 while nothing else was written.
 
+mod iq;
 mod skip_filler;
 
 use std::sync::Arc;
@@ -16,11 +21,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 
+pub use iq::{Client, IqTracker};
 pub use skip_filler::SkipFiller;
 
 use crate::error::Error;
 use crate::negotiate::{
-    Action, ClientNegotiator, ClientPolicy, Negotiated, ServerNegotiator, ServerPolicy,
+    Action, ClientNegotiator, ClientPolicy, Login, Negotiated, RfcProfile, ServerNegotiator,
+    ServerPolicy,
 };
 use crate::stream::{Dialect, Features, STREAM_CLOSE, StreamError};
 use crate::xml::{Element, Event, Reader, Style, XmlWriter};
@@ -142,10 +149,22 @@ async fn write_out<T: AsyncRead + AsyncWrite + Unpin>(
 
 /// Runs the responder side of negotiation on `io`: header exchange, STARTTLS with
 /// `tls` when the policy requires it, stream restart. `tls` must be `Some` when
-/// `policy.tls_required`.
+/// `policy.tls_required`. RFC streams are served in [`RfcProfile::StreamOnly`].
 pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
     io: T,
     policy: ServerPolicy,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    timing: Timing,
+) -> Result<XmppStream<T>, Error> {
+    accept_with(io, policy, RfcProfile::StreamOnly, tls, timing).await
+}
+
+/// [`accept`], serving RFC streams in `profile` (the daemons use [`RfcProfile::Client`]:
+/// SASL EXTERNAL with the certificate the handshake verified, then binding).
+pub async fn accept_with<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    policy: ServerPolicy,
+    profile: RfcProfile,
     tls: Option<Arc<rustls::ServerConfig>>,
     timing: Timing,
 ) -> Result<XmppStream<T>, Error> {
@@ -154,7 +173,7 @@ pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
             "TLS is required but no server TLS configuration was given".into(),
         ));
     }
-    let neg = ServerNegotiator::new(policy);
+    let neg = ServerNegotiator::with_profile(policy, profile);
     timeout(
         timing.negotiation_timeout,
         run_server(Transport::Plain(io), neg, tls, timing),
@@ -172,8 +191,14 @@ async fn run_server<T: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     loop {
         if let Err(e) = neg.process() {
-            // RFC peers are told why before the stream closes; Contrail peers never
-            // parse stream errors (spec §3.5) and just see the close.
+            // What the negotiator queued before failing goes first (e.g. the last SASL
+            // <failure/>), then RFC peers are told why before the stream closes; Contrail
+            // peers never parse stream errors (spec §3.5) and just see the close.
+            while let Some(action) = neg.poll_action() {
+                if let Action::Send(b) = action {
+                    out.extend_from_slice(&b);
+                }
+            }
             if neg.dialect() == Some(Dialect::Rfc)
                 && let Some(cond) = e.stream_condition()
             {
@@ -203,8 +228,15 @@ async fn run_server<T: AsyncRead + AsyncWrite + Unpin>(
                         .accept(SkipFiller::new(plain))
                         .await
                         .map_err(Error::TlsHandshake)?;
+                    // The certificate rustls verified is the SASL EXTERNAL credential; one
+                    // that cannot be parsed simply authenticates nobody.
+                    let peer = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| crate::tls::peer_identity(c).ok());
                     io = Transport::ServerTls(Box::new(stream));
-                    neg.tls_established()?;
+                    neg.tls_established(peer)?;
                 }
                 Action::Established(n) => {
                     write_out(&mut io, &mut out).await?;
@@ -241,6 +273,30 @@ pub async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     let neg = ClientNegotiator::new(policy);
+    timeout(
+        timing.negotiation_timeout,
+        run_client(Transport::Plain(io), neg, tls, timing),
+    )
+    .await
+    .map_err(|_| Error::Timeout("negotiation timer"))?
+}
+
+/// [`connect`] in the RFC 6120 client profile: after STARTTLS (server name verified by
+/// `tls`), SASL with `login`'s credentials, stream restart, resource binding. The bound
+/// JID is in [`Negotiated::jid`].
+pub async fn connect_with<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    policy: ClientPolicy,
+    login: Login,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    timing: Timing,
+) -> Result<XmppStream<T>, Error> {
+    if policy.tls_required && tls.is_none() {
+        return Err(Error::TlsRequired(
+            "TLS is required but no client TLS configuration was given".into(),
+        ));
+    }
+    let neg = ClientNegotiator::with_login(policy, login);
     timeout(
         timing.negotiation_timeout,
         run_client(Transport::Plain(io), neg, tls, timing),

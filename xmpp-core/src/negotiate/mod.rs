@@ -1,5 +1,12 @@
 //! Stream negotiation as explicit states, for both roles and both dialects, without I/O.
 //!
+//! RFC 6120 streams go further than the header exchange and STARTTLS when a profile asks
+//! for it: the responder in [`RfcProfile::Client`] offers SASL EXTERNAL after TLS, restarts
+//! the stream after `<success/>` and serves resource binding; the initiator with a
+//! [`Login`] authenticates (EXTERNAL or PLAIN), restarts and binds. Each of these is one
+//! more state of the same machines, and each stream restart resets the reader in the same
+//! step as the element that triggers it (`<proceed/>`/`<starttls/>`, `<success/>`).
+//!
 //! A negotiator owns the stream [`Reader`]: received bytes go in with [`feed`]-style calls,
 //! [`Action`]s come out (bytes to send, "start TLS now", "done"). Owning the reader lets the
 //! element that triggers the TLS handover (`<starttls/>` on the responder, `<proceed/>` on
@@ -16,11 +23,12 @@
 mod client;
 mod server;
 
-pub use client::{ClientNegotiator, ClientPolicy};
-pub use server::{ServerNegotiator, ServerPolicy};
+pub use client::{ClientNegotiator, ClientPolicy, Login};
+pub use server::{RfcProfile, ServerNegotiator, ServerPolicy};
 
 use bytes::Bytes;
 
+use crate::jid::Jid;
 use crate::stream::{Dialect, Features, StreamHeader};
 
 /// What the negotiator asks the I/O layer to do, in order.
@@ -46,8 +54,11 @@ pub struct Negotiated {
     /// Whether the stream runs inside TLS.
     pub tls: bool,
     /// The features the server offered last (initiator, RFC dialect), where SASL and
-    /// binding continue.
+    /// binding continue (with a [`Login`], the features after authentication).
     pub features: Option<Features>,
+    /// The full JID bound by resource binding (RFC profile): the peer's on the responder,
+    /// ours on the initiator. `None` in the Contrail dialect and without binding.
+    pub jid: Option<Jid>,
 }
 
 #[cfg(test)]

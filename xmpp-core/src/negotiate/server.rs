@@ -6,9 +6,38 @@ use bytes::BytesMut;
 
 use super::{Action, Negotiated};
 use crate::error::Error;
-use crate::stanza::ns;
+use crate::jid::Jid;
+use crate::sasl::{self, SaslCondition, SaslFailure, SaslNonza};
+use crate::stanza::bind::{BindRequest, bind_result};
+use crate::stanza::{Iq, StanzaCondition, StanzaError, ns};
 use crate::stream::{CONTRAIL_STREAM_ID, Condition, Dialect, Features, StreamHeader, TlsNonza};
-use crate::xml::{Event, Limits, Reader, is_filler};
+use crate::tls::PeerIdentity;
+use crate::xml::{Element, Event, Limits, Reader, Style, XmlWriter, is_filler};
+
+/// SASL attempts a client gets before the stream is closed: RFC 6120 §6.4.5 wants a
+/// reasonable number of retries, at least 2 and at most 5; three attempts are two retries.
+/// A certificate does not change between attempts, so more would only let a client spin.
+const MAX_SASL_ATTEMPTS: u8 = 3;
+
+/// How a stream in the RFC 6120 dialect is served. The Contrail dialect is unaffected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RfcProfile {
+    /// The stream layer only: features after every (re)start (STARTTLS when required, then
+    /// an empty set), no SASL and no binding. What [`crate::io::accept`] runs; for tools and
+    /// tests of the framing, and peers that authenticate by TLS alone.
+    #[default]
+    StreamOnly,
+    /// The RFC 6120 client profile the control and DNS nodes serve:
+    /// * TLS required (`xmpp_auth_enable`): STARTTLS, then SASL EXTERNAL with the client
+    ///   certificate as the only mechanism (XEP-0178; identity rule in
+    ///   [`sasl::external_identity`]), stream restart, then resource binding.
+    /// * No TLS (authentication disabled, as Contrail's plain mode): no SASL is offered, the
+    ///   stream goes straight to binding, and the bare JID is the stream header's `from`
+    ///   (its localpart, or the whole name when it has none) at our domain, or a generated
+    ///   `anon-…` name. That is as much trust as a plain Contrail agent's header gets; an
+    ///   operator who wants authentication turns TLS on.
+    Client,
+}
 
 /// What the server requires of its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +60,13 @@ enum State {
     AwaitStartTls,
     /// `<proceed/>` sent; the I/O layer runs the handshake.
     TlsPending,
+    /// Features with SASL mechanisms sent; waiting for `<auth/>`.
+    AwaitAuth,
+    /// An empty challenge sent (`<auth/>` came without an initial response); waiting for
+    /// `<response/>`.
+    AwaitSaslResponse,
+    /// Features with `<bind/>` sent; waiting for the bind IQ.
+    AwaitBind,
     /// Negotiated; no further input is processed here.
     Done,
 }
@@ -39,26 +75,51 @@ enum State {
 #[derive(Debug)]
 pub struct ServerNegotiator {
     policy: ServerPolicy,
+    profile: RfcProfile,
     reader: Reader,
     state: State,
     tls_done: bool,
     dialect: Option<Dialect>,
     actions: VecDeque<Action>,
     stream_counter: u64,
+    /// The client certificate's identity, from the I/O layer after the handshake.
+    peer: Option<PeerIdentity>,
+    /// The domain of the stream: the first header's `to`, else our host name.
+    domain: Option<Jid>,
+    /// The client's last stream header.
+    peer_header: Option<StreamHeader>,
+    /// The first header's `from` (plain profile: the unauthenticated name).
+    claimed: Option<String>,
+    /// The bare JID SASL authenticated.
+    authenticated: Option<Jid>,
+    sasl_attempts: u8,
 }
 
 impl ServerNegotiator {
-    /// A negotiator for a freshly accepted connection.
+    /// A negotiator for a freshly accepted connection; RFC streams get
+    /// [`RfcProfile::StreamOnly`].
     pub fn new(policy: ServerPolicy) -> Self {
+        Self::with_profile(policy, RfcProfile::StreamOnly)
+    }
+
+    /// A negotiator serving RFC streams in `profile`.
+    pub fn with_profile(policy: ServerPolicy, profile: RfcProfile) -> Self {
         let reader = Reader::new(policy.limits);
         Self {
             policy,
+            profile,
             reader,
             state: State::AwaitHeader,
             tls_done: false,
             dialect: None,
             actions: VecDeque::new(),
             stream_counter: 0,
+            peer: None,
+            domain: None,
+            peer_header: None,
+            claimed: None,
+            authenticated: None,
+            sasl_attempts: 0,
         }
     }
 
@@ -80,9 +141,7 @@ impl ServerNegotiator {
 
     /// Processes buffered bytes until an action is pending or more input is needed.
     pub fn process(&mut self) -> Result<(), Error> {
-        while self.actions.is_empty()
-            && matches!(self.state, State::AwaitHeader | State::AwaitStartTls)
-        {
+        while self.actions.is_empty() && !matches!(self.state, State::TlsPending | State::Done) {
             let Some(event) = self.reader.next_event()? else {
                 return Ok(());
             };
@@ -96,14 +155,17 @@ impl ServerNegotiator {
         self.actions.pop_front()
     }
 
-    /// The TLS handshake succeeded: the client restarts the stream inside TLS.
-    pub fn tls_established(&mut self) -> Result<(), Error> {
+    /// The TLS handshake succeeded: the client restarts the stream inside TLS. `peer` is
+    /// the identity in the client's certificate (`tls::peer_identity`), the credential of
+    /// SASL EXTERNAL; `None` when it presented none.
+    pub fn tls_established(&mut self, peer: Option<PeerIdentity>) -> Result<(), Error> {
         if self.state != State::TlsPending {
             return Err(Error::BadFormat(
                 "TLS established outside negotiation".into(),
             ));
         }
         self.tls_done = true;
+        self.peer = peer;
         self.reader.restart();
         self.state = State::AwaitHeader;
         Ok(())
@@ -148,6 +210,12 @@ impl ServerNegotiator {
                     condition: Condition::PolicyViolation,
                 }),
             },
+            (State::AwaitAuth | State::AwaitSaslResponse, Event::Element(el))
+                if el.ns() == ns::SASL =>
+            {
+                self.on_sasl(&el)
+            }
+            (State::AwaitBind, Event::Element(el)) if Iq::matches(&el) => self.on_bind(&el),
             (_, Event::StreamOpen(_)) => {
                 Err(Error::BadFormat("stream header during negotiation".into()))
             }
@@ -170,6 +238,19 @@ impl ServerNegotiator {
         }
         self.dialect = Some(dialect);
         self.stream_counter += 1;
+        if dialect == Dialect::Rfc && self.profile == RfcProfile::Client && self.domain.is_none() {
+            let to = header.to.as_deref().unwrap_or(&self.policy.host_name);
+            let domain = Jid::parse(to)
+                .ok()
+                .filter(|j| j.local().is_none() && j.is_bare())
+                .ok_or_else(|| Error::Identity {
+                    detail: format!("the stream 'to' {to:?} is not a domain"),
+                    condition: Condition::HostUnknown,
+                })?;
+            self.domain = Some(domain);
+            self.claimed.clone_from(&header.from);
+        }
+        self.peer_header = Some(header.clone());
         let ours = match dialect {
             Dialect::Contrail => StreamHeader {
                 from: Some(self.policy.host_name.clone()),
@@ -217,8 +298,29 @@ impl ServerNegotiator {
                     out.extend_from_slice(Dialect::Contrail.keepalive());
                 }
             }
-            // RFC: features after every stream start. SASL and binding are offered by the
-            // layer above once it supports them; until then the feature set is empty.
+            Dialect::Rfc if self.profile == RfcProfile::Client => {
+                // RFC 6120 §6.4.1: SASL before anything else once TLS is up; with TLS off
+                // (no authentication configured) and after SASL success: binding.
+                let sasl = self.policy.tls_required && self.authenticated.is_none();
+                let features = Features {
+                    mechanisms: if sasl {
+                        vec![sasl::EXTERNAL.to_owned()]
+                    } else {
+                        Vec::new()
+                    },
+                    bind: !sasl,
+                    ..Features::default()
+                };
+                features.write(&mut out, dialect);
+                self.actions.push_back(Action::Send(out.freeze()));
+                self.state = if sasl {
+                    State::AwaitAuth
+                } else {
+                    State::AwaitBind
+                };
+                return Ok(());
+            }
+            // RFC, stream layer only: features after every stream start, empty here.
             Dialect::Rfc => Features::default().write(&mut out, dialect),
         }
         self.actions.push_back(Action::Send(out.freeze()));
@@ -228,6 +330,160 @@ impl ServerNegotiator {
                 peer_header: header,
                 tls: self.tls_done,
                 features: None,
+                jid: None,
+            })));
+        self.state = State::Done;
+        Ok(())
+    }
+
+    fn send_sasl(&mut self, nonza: &SaslNonza) {
+        let mut out = BytesMut::with_capacity(128);
+        nonza.write(&mut out);
+        self.actions.push_back(Action::Send(out.freeze()));
+    }
+
+    /// `<auth/>`, `<response/>`, `<abort/>` while SASL runs.
+    fn on_sasl(&mut self, el: &Element) -> Result<(), Error> {
+        let data = match (self.state, SaslNonza::from_element(el)) {
+            (_, Some(Err(f))) => return self.sasl_failed(f),
+            (State::AwaitAuth, Some(Ok(SaslNonza::Auth { mechanism, initial }))) => {
+                if mechanism != sasl::EXTERNAL {
+                    return self.sasl_failed(SaslFailure::new(
+                        SaslCondition::InvalidMechanism,
+                        format!("{mechanism} is not offered; use EXTERNAL"),
+                    ));
+                }
+                match initial {
+                    Some(d) => d,
+                    None => {
+                        // RFC 6120 §6.4.2: no initial response; ask for it with an empty
+                        // challenge.
+                        self.send_sasl(&SaslNonza::Challenge(None));
+                        self.state = State::AwaitSaslResponse;
+                        return Ok(());
+                    }
+                }
+            }
+            (State::AwaitSaslResponse, Some(Ok(SaslNonza::Response(d)))) => d.unwrap_or_default(),
+            (_, Some(Ok(SaslNonza::Abort))) => {
+                return self.sasl_failed(SaslFailure {
+                    condition: SaslCondition::Aborted,
+                    text: None,
+                });
+            }
+            _ => {
+                return Err(Error::Unexpected {
+                    element: el.name().to_owned(),
+                    context: "during SASL negotiation",
+                    condition: Condition::NotAuthorized,
+                });
+            }
+        };
+        let authzid = match String::from_utf8(data) {
+            Ok(a) => a,
+            Err(_) => {
+                return self.sasl_failed(SaslFailure::new(
+                    SaslCondition::MalformedRequest,
+                    "the authorization identity is not UTF-8",
+                ));
+            }
+        };
+        let domain = self.domain_name().to_owned();
+        match sasl::external_identity(self.peer.as_ref(), &authzid, &domain) {
+            Ok(jid) => {
+                // RFC 6120 §6.4.6: after <success/> both sides restart the stream; the
+                // reader restarts in this same step, so whatever the client pipelined after
+                // its <auth/> is read as the new stream.
+                self.send_sasl(&SaslNonza::Success(None));
+                self.reader.restart();
+                self.authenticated = Some(jid);
+                self.state = State::AwaitHeader;
+                Ok(())
+            }
+            Err(f) => self.sasl_failed(f),
+        }
+    }
+
+    /// Sends `<failure/>` and lets the client retry, up to [`MAX_SASL_ATTEMPTS`].
+    fn sasl_failed(&mut self, failure: SaslFailure) -> Result<(), Error> {
+        self.send_sasl(&SaslNonza::Failure(failure.clone()));
+        self.state = State::AwaitAuth;
+        self.sasl_attempts += 1;
+        if self.sasl_attempts >= MAX_SASL_ATTEMPTS {
+            return Err(Error::Identity {
+                detail: format!("SASL failed {MAX_SASL_ATTEMPTS} times, last: {failure}"),
+                condition: Condition::NotAuthorized,
+            });
+        }
+        Ok(())
+    }
+
+    fn domain_name(&self) -> &str {
+        self.domain
+            .as_ref()
+            .map_or(&self.policy.host_name, Jid::domain)
+    }
+
+    /// The bare JID to bind: the authenticated one, or (no authentication configured) the
+    /// name the client claimed in its header, or a generated one.
+    fn bare_jid(&self) -> Option<Jid> {
+        if let Some(j) = &self.authenticated {
+            return Some(j.clone());
+        }
+        let domain = self.domain_name();
+        self.claimed
+            .as_deref()
+            .and_then(|c| Jid::parse(c).ok())
+            .and_then(|j| Jid::bare(j.local().unwrap_or(j.domain()), domain))
+            .or_else(|| {
+                let id = stream_id(self.stream_counter, &StreamHeader::default());
+                Jid::bare(&format!("anon-{id}"), domain)
+            })
+    }
+
+    /// The bind IQ (RFC 6120 §7): answered with the full JID, and the stream is up.
+    fn on_bind(&mut self, el: &Element) -> Result<(), Error> {
+        let iq = Iq::from_element(el)?;
+        let Some(req) = BindRequest::from_iq(&iq) else {
+            return Err(Error::Unexpected {
+                element: el.name().to_owned(),
+                context: "before resource binding",
+                condition: Condition::NotAuthorized,
+            });
+        };
+        let Some(bare) = self.bare_jid() else {
+            return Err(Error::Identity {
+                detail: format!("no JID can be formed at {:?}", self.domain_name()),
+                condition: Condition::HostUnknown,
+            });
+        };
+        // RFC 6120 §7.6.2.1: the server generates a resourcepart when the client asks for
+        // none. Uniqueness against other sessions is the session layer's business (it
+        // refuses a duplicate full JID with a `conflict` stream error).
+        let resource = req
+            .resource
+            .unwrap_or_else(|| stream_id(self.stream_counter, &StreamHeader::default()));
+        let full = match bare.with_resource(&resource) {
+            Ok(j) => j,
+            Err(e) => {
+                let err = iq
+                    .error(&StanzaError::new(StanzaCondition::BadRequest).with_text(e.to_string()));
+                let mut out = BytesMut::new();
+                err.write(&mut XmlWriter::new(&mut out, Style::Compact));
+                self.actions.push_back(Action::Send(out.freeze()));
+                return Ok(());
+            }
+        };
+        let mut out = BytesMut::with_capacity(256);
+        bind_result(&iq, &full).write(&mut XmlWriter::new(&mut out, Style::Compact));
+        self.actions.push_back(Action::Send(out.freeze()));
+        self.actions
+            .push_back(Action::Established(Box::new(Negotiated {
+                dialect: Dialect::Rfc,
+                peer_header: self.peer_header.clone().unwrap_or_default(),
+                tls: self.tls_done,
+                features: None,
+                jid: Some(full),
             })));
         self.state = State::Done;
         Ok(())

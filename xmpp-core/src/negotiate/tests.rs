@@ -5,7 +5,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::error::Error;
+use crate::sasl::Credentials;
 use crate::stream::{Condition, Dialect, Features, StreamHeader, TlsNonza};
+use crate::tls::PeerIdentity;
 use crate::xml::Limits;
 
 fn server(tls: bool) -> ServerNegotiator {
@@ -61,13 +63,23 @@ type Outcome = (
 );
 
 /// Runs both negotiators to completion.
-fn run(mut c: ClientNegotiator, mut s: ServerNegotiator) -> Outcome {
+fn run(c: ClientNegotiator, s: ServerNegotiator) -> Outcome {
+    run_with(c, s, None)
+}
+
+/// Runs both negotiators to completion; `peer` is the client certificate identity the
+/// simulated handshake hands the server.
+fn run_with(
+    mut c: ClientNegotiator,
+    mut s: ServerNegotiator,
+    peer: Option<PeerIdentity>,
+) -> Outcome {
     let mut c2s = Vec::new();
     let mut s2c = Vec::new();
     let (mut c_done, mut s_done) = (None, None);
     let (mut c_tls, mut s_tls) = (false, false);
     let mut tls_started = false;
-    for _ in 0..20 {
+    for _ in 0..40 {
         let dc = drain(|| c.poll_action());
         for b in &dc.sent {
             c2s.extend_from_slice(b);
@@ -98,7 +110,7 @@ fn run(mut c: ClientNegotiator, mut s: ServerNegotiator) -> Outcome {
             tls_started = true;
             c_tls = false;
             s_tls = false;
-            s.tls_established().expect("server tls");
+            s.tls_established(peer.clone()).expect("server tls");
             c.tls_established().expect("client tls");
         }
         if let (Some(cn), Some(sn)) = (&c_done, &s_done) {
@@ -259,4 +271,309 @@ fn header_split_at_every_byte() {
     assert_eq!(n.dialect, Dialect::Rfc);
     assert_eq!(n.peer_header.to.as_deref(), Some("ctrl"));
     let _ = StreamHeader::default();
+}
+
+// ---------------------------------------------------------------- RFC 6120 client profile
+
+/// Feeds `bytes` and processes until the server needs more input; returns what it sent,
+/// whether it asked for TLS and whether it finished.
+fn pump(s: &mut ServerNegotiator, bytes: &[u8]) -> Result<(String, Drained), Error> {
+    s.feed(bytes)?;
+    let mut all = Drained::default();
+    loop {
+        let d = drain(|| s.poll_action());
+        if d.sent.is_empty() && !d.start_tls && d.established.is_none() {
+            break;
+        }
+        all.sent.extend(d.sent);
+        all.start_tls |= d.start_tls;
+        if d.established.is_some() {
+            all.established = d.established;
+            break;
+        }
+        if d.start_tls {
+            break;
+        }
+        s.process()?;
+    }
+    let text = String::from_utf8(all.sent.concat()).expect("utf8");
+    Ok((text, all))
+}
+
+/// A server negotiator after STARTTLS and the handshake, the post-TLS header sent.
+fn server_after_tls(peer: Option<PeerIdentity>) -> ServerNegotiator {
+    let mut s = profile_server(true);
+    pump(&mut s, RFC_HEADER).expect("header");
+    let (_, d) = pump(
+        &mut s,
+        b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )
+    .expect("starttls");
+    assert!(d.start_tls);
+    s.tls_established(peer).expect("tls");
+    let (sent, _) = pump(&mut s, RFC_HEADER).expect("header");
+    assert!(sent.contains("<mechanism>EXTERNAL</mechanism>"), "{sent}");
+    s
+}
+
+fn profile_server(tls: bool) -> ServerNegotiator {
+    ServerNegotiator::with_profile(
+        ServerPolicy {
+            tls_required: tls,
+            host_name: "ctrl-1".into(),
+            limits: Limits::default(),
+        },
+        RfcProfile::Client,
+    )
+}
+
+fn rfc_login_client(
+    tls: bool,
+    creds: Vec<Credentials>,
+    resource: Option<&str>,
+) -> ClientNegotiator {
+    ClientNegotiator::with_login(
+        ClientPolicy {
+            dialect: Dialect::Rfc,
+            tls_required: tls,
+            from: String::new(),
+            to: "localhost".into(),
+            default_ns: "jabber:client".into(),
+            limits: Limits::default(),
+        },
+        Login {
+            credentials: creds,
+            resource: resource.map(str::to_owned),
+        },
+    )
+}
+
+fn external() -> Vec<Credentials> {
+    vec![Credentials::External { authzid: None }]
+}
+
+fn cert(cn: &str, addrs: &[&str]) -> PeerIdentity {
+    PeerIdentity {
+        common_names: vec![cn.to_owned()],
+        xmpp_addrs: addrs.iter().map(|s| s.to_string()).collect(),
+        ..PeerIdentity::default()
+    }
+}
+
+#[test]
+fn rfc_profile_external_restart_and_bind() {
+    let (c, s, c2s, s2c, tls) = run_with(
+        rfc_login_client(true, external(), Some("probe")),
+        profile_server(true),
+        Some(cert("agent1", &["agent1@localhost"])),
+    );
+    let (c, s) = (c.expect("client"), s.expect("server"));
+    assert!(tls && c.tls && s.tls);
+    assert_eq!(
+        c.jid.as_ref().map(ToString::to_string).as_deref(),
+        Some("agent1@localhost/probe")
+    );
+    assert_eq!(c.jid, s.jid);
+    assert!(
+        c.features.as_ref().is_some_and(|f| f.bind),
+        "{:?}",
+        c.features
+    );
+    let s2c = String::from_utf8(s2c).expect("utf8");
+    // Three stream starts: plain, after TLS (SASL), after SASL (bind).
+    assert_eq!(s2c.matches("<stream:features>").count(), 3, "{s2c}");
+    assert!(s2c.contains("<mechanisms xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"><mechanism>EXTERNAL</mechanism></mechanisms>"), "{s2c}");
+    assert!(
+        s2c.contains("<success xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"/>"),
+        "{s2c}"
+    );
+    assert!(s2c.contains("<jid>agent1@localhost/probe</jid>"), "{s2c}");
+    let c2s = String::from_utf8(c2s).expect("utf8");
+    assert!(c2s.contains("mechanism=\"EXTERNAL\">=</auth>"), "{c2s}");
+    assert_eq!(c2s.matches("<stream:stream").count(), 3, "{c2s}");
+}
+
+#[test]
+fn rfc_profile_cn_identity_and_generated_resource() {
+    let (c, _, _, _, _) = run_with(
+        rfc_login_client(true, external(), None),
+        profile_server(true),
+        Some(cert("compute-1", &[])),
+    );
+    let jid = c.expect("client").jid.expect("bound");
+    assert_eq!(jid.to_bare().to_string(), "compute-1@localhost");
+    assert!(jid.resource().is_some_and(|r| !r.is_empty()));
+}
+
+#[test]
+fn rfc_profile_refuses_foreign_identity_then_closes() {
+    let (c, _, _, s2c, _) = run_with(
+        rfc_login_client(true, external(), None),
+        profile_server(true),
+        Some(cert("x", &["agent1@elsewhere"])),
+    );
+    let e = c.expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            Error::Identity {
+                condition: Condition::NotAuthorized,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("not-authorized"), "{e}");
+    let s2c = String::from_utf8(s2c).expect("utf8");
+    assert!(
+        s2c.contains("<failure xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"><not-authorized/>"),
+        "{s2c}"
+    );
+
+    // A raw client that keeps trying is cut off after three attempts.
+    let mut s = server_after_tls(None);
+    let auth = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>";
+    let (f1, _) = pump(&mut s, auth).expect("first failure");
+    assert!(f1.contains("no client certificate"), "{f1}");
+    pump(&mut s, auth).expect("second failure");
+    let e = pump(&mut s, auth).expect_err("third failure closes");
+    assert_eq!(e.stream_condition(), Some(Condition::NotAuthorized));
+    let sent = drain(|| s.poll_action()).sent.concat();
+    assert_eq!(
+        String::from_utf8_lossy(&sent).matches("<failure").count(),
+        1
+    );
+}
+
+const RFC_HEADER: &[u8] = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='localhost' version='1.0'>";
+
+#[test]
+fn rfc_profile_pipelined_client_and_no_initial_response() {
+    // What a scripted peer (s_client with a prepared stdin) may send: everything at once,
+    // and EXTERNAL without an initial response (the server asks with an empty challenge).
+    let mut s = profile_server(true);
+    let (first, _) = pump(&mut s, RFC_HEADER).expect("header");
+    // openssl s_client -starttls xmpp looks for exactly this, in one read.
+    assert!(
+        first.contains("<starttls xmlns=\"urn:ietf:params:xml:ns:xmpp-tls\">"),
+        "{first}"
+    );
+    let (proceed, d) = pump(
+        &mut s,
+        b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )
+    .expect("starttls");
+    assert!(d.start_tls);
+    assert_eq!(d.sent.len(), 1, "proceed in one write");
+    assert!(proceed.starts_with("<proceed"), "{proceed}");
+    s.tls_established(Some(cert("agent1", &["agent1@localhost"])))
+        .expect("tls");
+    let mut all = RFC_HEADER.to_vec();
+    all.extend_from_slice(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'/>");
+    let (sent, _) = pump(&mut s, &all).expect("auth without data");
+    assert!(
+        sent.ends_with("<challenge xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"/>"),
+        "{sent}"
+    );
+    let mut rest = b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>=</response>".to_vec();
+    rest.extend_from_slice(RFC_HEADER);
+    rest.extend_from_slice(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>s_client</resource></bind></iq><iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let (sent, d) = pump(&mut s, &rest).expect("response, restart, bind");
+    let n = d.established.expect("established");
+    assert_eq!(n.jid.expect("jid").to_string(), "agent1@localhost/s_client");
+    assert!(
+        sent.contains("<success xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"/>"),
+        "{sent}"
+    );
+    assert!(sent.contains("<iq type=\"result\" id=\"b1\"><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"><jid>agent1@localhost/s_client</jid></bind></iq>"), "{sent}");
+    // The ping is left for the session.
+    let mut reader = s.into_reader();
+    match reader.next_event().expect("event") {
+        Some(crate::xml::Event::Element(el)) => assert_eq!(el.get_attr("id"), Some("p1")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rfc_profile_stanza_before_auth_is_not_authorized() {
+    let mut s = server_after_tls(None);
+    let e = pump(
+        &mut s,
+        b"<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .expect_err("before auth");
+    assert_eq!(e.stream_condition(), Some(Condition::NotAuthorized));
+    let mut s = server_after_tls(Some(cert("agent1", &[])));
+    let (sent, _) = pump(
+        &mut s,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+    )
+    .expect("failure, not fatal");
+    assert!(sent.contains("<invalid-mechanism/>"), "{sent}");
+    // The client may try again, with the right mechanism.
+    let (sent, _) = pump(
+        &mut s,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+    )
+    .expect("success");
+    assert!(sent.contains("<success"), "{sent}");
+}
+
+#[test]
+fn rfc_profile_plain_binds_the_claimed_name() {
+    let mut c = rfc_login_client(false, external(), Some("r"));
+    // Claim a name in the header, as a Contrail-minded client would.
+    c = {
+        let _ = c;
+        ClientNegotiator::with_login(
+            ClientPolicy {
+                dialect: Dialect::Rfc,
+                tls_required: false,
+                from: "compute-7".into(),
+                to: "ctrl.example".into(),
+                default_ns: "jabber:client".into(),
+                limits: Limits::default(),
+            },
+            Login {
+                credentials: external(),
+                resource: Some("r".into()),
+            },
+        )
+    };
+    let (c, s, _, s2c, tls) = run(c, profile_server(false));
+    assert!(!tls);
+    let (c, s) = (c.expect("client"), s.expect("server"));
+    assert_eq!(s.jid.expect("jid").to_string(), "compute-7@ctrl.example/r");
+    assert_eq!(c.jid.expect("jid").to_string(), "compute-7@ctrl.example/r");
+    let s2c = String::from_utf8(s2c).expect("utf8");
+    assert!(!s2c.contains("mechanisms"), "no SASL without TLS: {s2c}");
+}
+
+#[test]
+fn rfc_profile_bad_domain_is_host_unknown() {
+    let mut s = profile_server(true);
+    let e = s
+        .feed(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='a b'>")
+        .expect_err("bad to");
+    assert_eq!(e.stream_condition(), Some(Condition::HostUnknown));
+}
+
+#[test]
+fn plain_credentials_are_never_sent_outside_tls() {
+    let mut c = rfc_login_client(
+        false,
+        vec![Credentials::Plain {
+            authzid: None,
+            username: "alice".into(),
+            password: "secret".into(),
+        }],
+        None,
+    );
+    drain(|| c.poll_action());
+    let e = c
+        .feed(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' from='localhost' id='1' version='1.0'><stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>")
+        .expect_err("refused");
+    assert!(e.to_string().contains("PLAIN only inside TLS"), "{e}");
+    let sent = drain(|| c.poll_action()).sent.concat();
+    assert!(!String::from_utf8_lossy(&sent).contains("auth"));
 }

@@ -1,6 +1,7 @@
 //! `<iq>`: request/response stanzas (RFC 6120 §8.2.3). Contrail uses only `type="set"`
 //! and never answers (spec §6.1); standard peers require a `result` or `error` for each.
 
+use super::error::StanzaError;
 use crate::error::Error;
 use crate::xml::{Element, XmlWriter};
 
@@ -92,6 +93,59 @@ impl Iq {
             to: self.from.clone(),
             children: Vec::new(),
         }
+    }
+
+    /// A request (`get` or `set`) with one payload element.
+    pub fn request(kind: IqType, id: &str, to: Option<&str>, payload: Element) -> Iq {
+        Iq {
+            kind,
+            id: Some(id.to_owned()),
+            from: None,
+            to: to.map(str::to_owned),
+            children: vec![payload],
+        }
+    }
+
+    /// Whether this is a request (`get` or `set`), which RFC 6120 §8.2.3 requires to be
+    /// answered with exactly one `result` or `error`.
+    pub fn is_request(&self) -> bool {
+        matches!(self.kind, IqType::Get | IqType::Set)
+    }
+
+    /// An `error` answering this request (addresses swapped, same id).
+    pub fn error(&self, error: &StanzaError) -> Iq {
+        Iq {
+            kind: IqType::Error,
+            id: self.id.clone(),
+            from: self.to.clone(),
+            to: self.from.clone(),
+            children: vec![error.to_element()],
+        }
+    }
+
+    /// The `<error>` of an `error` response.
+    pub fn stanza_error(&self) -> Option<StanzaError> {
+        if self.kind != IqType::Error {
+            return None;
+        }
+        self.children
+            .iter()
+            .find(|c| c.local_name() == "error")
+            .map(StanzaError::from_element)
+    }
+
+    /// The IQ as an element (for [`crate::io::XmppStream::queue`]).
+    pub fn to_element(&self) -> Element {
+        let mut el = Element::new("iq").attr("type", self.kind.as_str());
+        for (k, v) in [("from", &self.from), ("to", &self.to), ("id", &self.id)] {
+            if let Some(v) = v {
+                el.set_attr(k, v.clone());
+            }
+        }
+        for c in &self.children {
+            el.push_child(c.clone());
+        }
+        el
     }
 
     /// Writes the IQ with the attribute order of the Contrail encoders: `type from to id`.

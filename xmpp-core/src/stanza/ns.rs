@@ -20,6 +20,10 @@ pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 /// XEP-0060 event notifications (standard peers).
 pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+/// XEP-0060 error conditions (`<not-subscribed/>`, `<invalid-payload/>`...).
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+/// Legacy session establishment (RFC 3921 §3), answered as a no-op.
+pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 /// XEP-0199 ping.
 pub const PING: &str = "urn:xmpp:ping";
 /// `xml:` prefix namespace.

@@ -1,15 +1,24 @@
 //! A small owned element tree for parsed stanzas, with namespace resolution.
 //!
-//! The reader cuts one complete top-level element out of the byte stream; [`Element::parse`]
-//! turns those bytes into this tree with quick-xml. Typed stanzas (`stanza`, `stream`,
-//! `contrail`) are converted from it and can be written back with an [`XmlWriter`].
+//! [`Element::parse`] turns the bytes of one complete element into this tree with
+//! quick-xml; the stream reader builds the same tree with the same [`TreeBuilder`] as the
+//! element's bytes arrive. Typed stanzas (`stanza`, `stream`, `contrail`) are converted
+//! from it and can be written back with an [`XmlWriter`].
 //!
-//! Decoding cost is dominated by allocation, so the tree is laid out to need about one
-//! allocation per element that has content: names, attribute values and text are
-//! [`CompactString`]s (inline up to 24 bytes, which covers the element names, indentation
-//! runs and most values of XMPP and Contrail traffic), well-known namespaces are shared
-//! `&'static str`s rather than reference-counted, and children are collected on a scratch
-//! stack and moved into an exactly sized `Vec` when their parent ends ([`TreeBuilder`]).
+//! Decoding cost is dominated by allocation and copying, so the tree is laid out to need
+//! one allocation per element with element children and none for a leaf: names, attribute
+//! values and text are [`CompactString`]s (inline up to 24 bytes, which covers the element
+//! names and most values of XMPP and Contrail traffic); a text-only element keeps its text
+//! in itself, not in a `Vec` of one node; well-known namespaces are `&'static str`s rather
+//! than reference-counted; children are collected on a scratch stack and moved into an
+//! exactly sized `Vec` when their parent ends ([`TreeBuilder`]); names are checked once per
+//! reader and then taken from a small cache.
+//!
+//! Whitespace: runs of whitespace that contain a line break, in an element whose content
+//! is otherwise only elements, are indentation (both Contrail layouts indent every element
+//! on its own line) and are not kept. Everything else is kept as it is: the text of a
+//! text-only element (`<name> </name>`, `<name>\n</name>`), whitespace without a line
+//! break, and all the text of mixed content.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -42,14 +51,39 @@ pub struct Element {
     /// A well-known namespace is a `&'static str`; others are shared with the scope they
     /// were declared in.
     ns: Ns,
-    /// Few and rarely changed: a boxed slice, two words rather than three.
-    attrs: Box<[(CompactString, CompactString)]>,
-    /// The content of an element whose only child is one text node (most leaves): kept
-    /// here, without a `Vec` to allocate; `children` then only caches that node for
-    /// [`nodes`](Element::nodes), if anyone asks.
-    text: Option<CompactString>,
-    /// The child nodes, unless `text` holds the content; unset when there are none.
-    children: OnceLock<Vec<Node>>,
+    /// Rare on most elements: one word when there are none (an element is at most 88 bytes,
+    /// which keeps types that embed one, such as stanza errors, small).
+    attrs: Option<Box<Attrs>>,
+    content: Content,
+}
+
+/// An element's attributes (boxed in [`Element`]: most elements have none).
+#[derive(Debug, Clone, Default)]
+struct Attrs(Vec<(CompactString, CompactString)>);
+
+/// An element's child nodes.
+#[derive(Debug)]
+enum Content {
+    /// Any nodes (none for an empty element).
+    Nodes(Vec<Node>),
+    /// Exactly one text node (most leaves): kept without a `Vec` to allocate. The cell
+    /// caches it as a node for [`Element::nodes`], if anyone asks.
+    Text(CompactString, OnceLock<Box<Node>>),
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content::Nodes(Vec::new())
+    }
+}
+
+impl Clone for Content {
+    fn clone(&self) -> Self {
+        match self {
+            Content::Nodes(nodes) => Content::Nodes(nodes.clone()),
+            Content::Text(t, _) => Content::Text(t.clone(), OnceLock::new()),
+        }
+    }
 }
 
 impl Clone for Element {
@@ -58,11 +92,7 @@ impl Clone for Element {
             name: self.name.clone(),
             ns: self.ns.clone(),
             attrs: self.attrs.clone(),
-            text: self.text.clone(),
-            children: match self.text {
-                Some(_) => OnceLock::new(),
-                None => self.children.clone(),
-            },
+            content: self.content.clone(),
         }
     }
 }
@@ -72,12 +102,14 @@ impl PartialEq for Element {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
             && self.ns == other.ns
-            && self.attrs == other.attrs
-            && match (&self.text, &other.text) {
-                (Some(a), Some(b)) => a == b,
-                (None, None) => self.child_nodes() == other.child_nodes(),
-                (Some(a), None) => matches!(other.child_nodes(), [Node::Text(b)] if a == b),
-                (None, Some(b)) => matches!(self.child_nodes(), [Node::Text(a)] if a == b),
+            && self.attr_list() == other.attr_list()
+            && match (&self.content, &other.content) {
+                (Content::Text(a, _), Content::Text(b, _)) => a == b,
+                (Content::Nodes(a), Content::Nodes(b)) => a == b,
+                (Content::Text(a, _), Content::Nodes(b))
+                | (Content::Nodes(b), Content::Text(a, _)) => {
+                    matches!(b.as_slice(), [Node::Text(b)] if a == b)
+                }
             }
     }
 }
@@ -86,12 +118,12 @@ impl Eq for Element {}
 
 impl fmt::Debug for Element {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Content<'a>(&'a Element);
-        impl fmt::Debug for Content<'_> {
+        struct Nodes<'a>(&'a Element);
+        impl fmt::Debug for Nodes<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                match &self.0.text {
-                    Some(t) => f.debug_list().entry(&TextNode(t)).finish(),
-                    None => f.debug_list().entries(self.0.child_nodes()).finish(),
+                match &self.0.content {
+                    Content::Text(t, _) => f.debug_list().entry(&TextNode(t)).finish(),
+                    Content::Nodes(nodes) => f.debug_list().entries(nodes).finish(),
                 }
             }
         }
@@ -104,8 +136,8 @@ impl fmt::Debug for Element {
         f.debug_struct("Element")
             .field("name", &self.name)
             .field("ns", &self.ns)
-            .field("attrs", &self.attrs)
-            .field("children", &Content(self))
+            .field("attrs", &self.attr_list())
+            .field("children", &Nodes(self))
             .finish()
     }
 }
@@ -226,28 +258,35 @@ impl Element {
     pub fn with_ns(name: impl Into<String>, ns: &str) -> Self {
         Self {
             name: CompactString::from(name.into()),
-            attrs: Box::new([(CompactString::const_new("xmlns"), CompactString::from(ns))]),
+            attrs: Some(Box::new(Attrs(vec![(
+                CompactString::const_new("xmlns"),
+                CompactString::from(ns),
+            )]))),
             ns: Ns::new(ns),
             ..Self::default()
         }
     }
 
-    /// The child nodes when they are in `children` (not when `text` holds the content).
+    fn attr_list(&self) -> &[(CompactString, CompactString)] {
+        self.attrs.as_deref().map_or(&[], |a| a.0.as_slice())
+    }
+
+    /// The child nodes when they are stored as nodes (none for a text content).
     fn child_nodes(&self) -> &[Node] {
-        match self.text {
-            Some(_) => &[],
-            None => self.children.get().map_or(&[], Vec::as_slice),
+        match &self.content {
+            Content::Nodes(nodes) => nodes,
+            Content::Text(..) => &[],
         }
     }
 
-    /// Changes the child nodes, moving a `text` content to them first.
+    /// Changes the child nodes (a text content becomes a node).
     fn change_nodes(&mut self, change: impl FnOnce(&mut Vec<Node>)) {
-        let mut nodes = match self.text.take() {
-            Some(t) => vec![Node::Text(t)],
-            None => self.children.take().unwrap_or_default(),
+        let mut nodes = match std::mem::take(&mut self.content) {
+            Content::Text(t, _) => vec![Node::Text(t)],
+            Content::Nodes(nodes) => nodes,
         };
         change(&mut nodes);
-        self.children = OnceLock::from(nodes);
+        self.content = Content::Nodes(nodes);
     }
 
     /// Builder: adds an attribute.
@@ -265,9 +304,8 @@ impl Element {
     /// Builder: appends character data.
     pub fn text_node(mut self, text: impl Into<String>) -> Self {
         let text = CompactString::from(text.into());
-        if self.text.is_none() && self.child_nodes().is_empty() {
-            self.children = OnceLock::new();
-            self.text = Some(text);
+        if matches!(&self.content, Content::Nodes(nodes) if nodes.is_empty()) {
+            self.content = Content::Text(text, OnceLock::new());
         } else {
             self.change_nodes(|nodes| nodes.push(Node::Text(text)));
         }
@@ -281,13 +319,10 @@ impl Element {
         if name == "xmlns" {
             self.ns = Ns::new(&value);
         }
-        match self.attrs.iter_mut().find(|(k, _)| *k == name) {
+        let attrs = &mut self.attrs.get_or_insert_default().0;
+        match attrs.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,
-            None => {
-                let mut attrs = std::mem::take(&mut self.attrs).into_vec();
-                attrs.push((CompactString::from(name), value));
-                self.attrs = attrs.into_boxed_slice();
-            }
+            None => attrs.push((CompactString::from(name), value)),
         }
     }
 
@@ -326,7 +361,7 @@ impl Element {
 
     /// An attribute value by its name as written.
     pub fn get_attr(&self, name: &str) -> Option<&str> {
-        self.attrs
+        self.attr_list()
             .iter()
             .find(|(k, _)| k.as_str() == name)
             .map(|(_, v)| v.as_str())
@@ -334,14 +369,19 @@ impl Element {
 
     /// All attributes, in document order.
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.attr_list()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// All child nodes.
+    /// All child nodes. (A text-only element stores its text without a node; the node is
+    /// made on the first call, and kept.)
     pub fn nodes(&self) -> &[Node] {
-        match &self.text {
-            Some(t) => self.children.get_or_init(|| vec![Node::Text(t.clone())]),
-            None => self.children.get().map_or(&[], Vec::as_slice),
+        match &self.content {
+            Content::Nodes(nodes) => nodes,
+            Content::Text(t, cache) => {
+                std::slice::from_ref(cache.get_or_init(|| Box::new(Node::Text(t.clone()))))
+            }
         }
     }
 
@@ -380,7 +420,7 @@ impl Element {
 
     /// The concatenated character data directly inside this element.
     pub fn text(&self) -> Cow<'_, str> {
-        if let Some(t) = &self.text {
+        if let Content::Text(t, _) = &self.content {
             return Cow::Borrowed(t);
         }
         let mut texts = self.child_nodes().iter().filter_map(|n| match n {
@@ -410,7 +450,7 @@ impl Element {
     /// form the Contrail generated encoders use for empty strings (spec §2.4).
     pub fn write(&self, w: &mut XmlWriter<'_>) {
         w.start(Cow::Owned(self.name.to_string()));
-        for (k, v) in &*self.attrs {
+        for (k, v) in self.attr_list() {
             w.attr(k, v);
         }
         let indented = w.style() != super::Style::Compact;
@@ -419,7 +459,7 @@ impl Element {
                 w.text(t);
             }
         };
-        if let Some(t) = &self.text {
+        if let Content::Text(t, _) = &self.content {
             write_text(w, t);
         }
         for n in self.child_nodes() {
@@ -436,36 +476,56 @@ impl Element {
     /// The framing reader has already rejected restricted-XML constructs and checked the
     /// size and depth bounds; this is the well-formedness and tree-building step.
     pub fn parse(bytes: &[u8], scope: &NsScope) -> Result<Element, Error> {
-        let mut reader = quick_xml::Reader::from_reader(bytes);
-        configure(&mut reader);
         let mut builder = TreeBuilder::default();
-        builder.start(scope);
-        let mut root = None;
-        loop {
-            let event = reader.read_event();
-            let event = event.as_ref().map_err(not_well_formed)?;
-            if let Event::Eof = event {
-                break;
-            }
-            if root.is_some() {
-                // Only whitespace may follow the element.
-                match event {
-                    Event::Start(_) | Event::Empty(_) => {
-                        return Err(Error::NotWellFormed("content after the element".into()));
-                    }
-                    Event::Text(t) if t.bytes().all(is_xml_space) => continue,
-                    _ => {}
-                }
-            }
-            if builder.event(event, scope)? {
-                root = builder.take_root();
-            }
+        let el = parse_into(&mut builder, bytes, scope, false)?;
+        if builder.is_lossy() {
+            return parse_into(&mut builder, bytes, scope, true);
         }
-        if builder.depth() > 0 {
-            return Err(Error::NotWellFormed("unclosed element".into()));
-        }
-        root.ok_or_else(|| Error::NotWellFormed("no element".into()))
+        Ok(el)
     }
+}
+
+/// [`Element::parse`] keeping every whitespace run until its element's end tag decides:
+/// for mixed content that the first parse found it dropped runs of.
+pub(crate) fn parse_keeping_indents(bytes: &[u8], scope: &NsScope) -> Result<Element, Error> {
+    parse_into(&mut TreeBuilder::default(), bytes, scope, true)
+}
+
+fn parse_into(
+    builder: &mut TreeBuilder,
+    bytes: &[u8],
+    scope: &NsScope,
+    keep_indents: bool,
+) -> Result<Element, Error> {
+    let mut reader = quick_xml::Reader::from_reader(bytes);
+    configure(&mut reader);
+    builder.start(scope);
+    builder.keep_indents = keep_indents;
+    let mut root = None;
+    loop {
+        let event = reader.read_event();
+        let event = event.as_ref().map_err(not_well_formed)?;
+        if let Event::Eof = event {
+            break;
+        }
+        if root.is_some() {
+            // Only whitespace may follow the element.
+            match event {
+                Event::Start(_) | Event::Empty(_) => {
+                    return Err(Error::NotWellFormed("content after the element".into()));
+                }
+                Event::Text(t) if t.bytes().all(is_xml_space) => continue,
+                _ => {}
+            }
+        }
+        if builder.event(event, scope)? {
+            root = builder.take_root();
+        }
+    }
+    if builder.depth() > 0 {
+        return Err(Error::NotWellFormed("unclosed element".into()));
+    }
+    root.ok_or_else(|| Error::NotWellFormed("no element".into()))
 }
 
 /// The quick-xml settings for both parse paths. End tags are matched against the open
@@ -501,15 +561,19 @@ struct Open {
     /// Character data other than indentation was seen (see [`TreeBuilder`]); from then
     /// on all its text goes to `nodes`.
     has_text: bool,
+    /// Whitespace runs after a child element were dropped as indentation without being
+    /// kept (see [`TreeBuilder::keep_indents`]).
+    dropped: bool,
 }
 
 /// Builds element trees from quick-xml events, one event at a time, so that the stream
 /// reader can feed it events as their bytes arrive and keep the partial tree between reads.
 ///
 /// The open elements and the children of all of them live on stacks that are reused from
-/// one element to the next: a finished element's children are moved off the node stack
-/// into an exactly sized `Vec`, its only allocation besides text or attribute values
-/// longer than 24 bytes.
+/// one element to the next: each element is pushed on the node stack at its start tag and
+/// finished there in place; at its end tag its children are moved off the stack into an
+/// exactly sized `Vec`, its only allocation besides text or attribute values longer than
+/// 24 bytes. The text of a text-only element goes straight into it: leaves cost nothing.
 ///
 /// Indentation is dropped: in an element that has child elements and no character data
 /// but whitespace runs that each contain a line break (the layout of pretty-printed XML,
@@ -524,7 +588,16 @@ pub(crate) struct TreeBuilder {
     /// (yet), each with the position in `nodes` it was read at: indentation to drop at
     /// the end tag, unless the element turns out to be text-only or mixed. Kept apart so
     /// that element content, the common case, moves off `nodes` in one copy.
+    ///
+    /// Only the runs before an element's first child are kept, unless `keep_indents`:
+    /// after a child element, a text-only element is ruled out, and mixed content is
+    /// rare enough to be parsed again (`lossy`).
     indents: Vec<(u32, CompactString)>,
+    /// Keep every whitespace run until the end tag decides (the second parse).
+    keep_indents: bool,
+    /// Text came after dropped runs in the same element: the tree is wrong, and the
+    /// element must be parsed again with `keep_indents`.
+    lossy: bool,
     /// Prefix declarations of the open elements, innermost last.
     prefixes: Vec<(CompactString, Ns)>,
     /// The default namespace for the next element.
@@ -535,19 +608,83 @@ pub(crate) struct TreeBuilder {
     attrs: Vec<(CompactString, CompactString)>,
     /// The top-level element, once its end tag is in.
     root: Option<Element>,
+    names: NameCache,
+}
+
+/// An empty element, pushed as a constant (see `open_element`).
+const BLANK: Node = Node::Element(Element {
+    name: CompactString::const_new(""),
+    ns: Ns::Static(&KNOWN_NS[0]),
+    attrs: None,
+    content: Content::Nodes(Vec::new()),
+});
+
+/// Element names seen recently, checked: a stream uses few names (Contrail about fifty),
+/// and a hit costs neither the name check nor building the string.
+#[derive(Debug, Default)]
+struct NameCache {
+    /// Direct-mapped on a hash of the name, with the position of its colon; filled on
+    /// first use (an empty name is an empty slot).
+    slots: Vec<(CompactString, Option<usize>)>,
+}
+
+impl NameCache {
+    const BITS: u32 = 6;
+
+    /// The slot that holds `name` (checked) and the position of its colon, or the error
+    /// of an invalid name.
+    fn lookup(&mut self, name: &str) -> Result<(usize, Option<usize>), Error> {
+        let b = name.as_bytes();
+        let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
+            return Err(Error::NotWellFormed("empty name".into()));
+        };
+        let key = (b.len() as u64)
+            | u64::from(first) << 8
+            | u64::from(last) << 16
+            | u64::from(b[b.len() / 2]) << 24;
+        let slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Self::BITS)) as usize;
+        if self.slots.is_empty() {
+            self.slots
+                .resize(1 << Self::BITS, (CompactString::const_new(""), None));
+        }
+        let entry = &mut self.slots[slot];
+        if entry.0.as_str() != name {
+            let colon = check_qname(name)?;
+            *entry = (CompactString::from(name), colon);
+        }
+        Ok((slot, entry.1))
+    }
+
+    fn name(&self, slot: usize) -> &CompactString {
+        &self.slots[slot].0
+    }
 }
 
 impl TreeBuilder {
     /// Prepares for a new top-level element in `scope`, dropping any partial tree.
     pub(crate) fn start(&mut self, scope: &NsScope) {
+        /// Scratch nodes kept between elements (about 90 KB): a reader lives as long as
+        /// its connection, and one huge flat element must not pin its memory.
+        const KEEP_NODES: usize = 1024;
+        self.keep_indents = false;
+        self.lossy = false;
         self.open.clear();
         self.nodes.clear();
+        if self.nodes.capacity() > KEEP_NODES {
+            self.nodes = Vec::new();
+        }
         self.indents.clear();
         self.prefixes.clear();
         self.saved_defaults.clear();
         self.attrs.clear();
         self.root = None;
         self.default = Ns::from_arc(&scope.default);
+    }
+
+    /// The element read is mixed content that lost whitespace: parse it again with
+    /// [`parse_keeping_indents`].
+    pub(crate) fn is_lossy(&self) -> bool {
+        self.lossy
     }
 
     /// How many elements are open.
@@ -638,13 +775,17 @@ impl TreeBuilder {
 
     /// A run of character data between markup, checked and normalised, of class `class`.
     fn push_run(&mut self, text: &str, class: u8) {
-        let Some(open) = self.open.last() else {
+        let Some(open) = self.open.last_mut() else {
             return;
         };
         if !open.has_text && class & TEXT_NOT_SPACE == 0 && class & TEXT_NEWLINE != 0 {
             // Indentation, unless the element turns out to have other text.
-            self.indents
-                .push((self.nodes.len() as u32, CompactString::from(text)));
+            if open.has_elements && !self.keep_indents {
+                open.dropped = true;
+            } else {
+                self.indents
+                    .push((self.nodes.len() as u32, CompactString::from(text)));
+            }
         } else {
             self.push_text(text);
         }
@@ -661,6 +802,7 @@ impl TreeBuilder {
         };
         if !open.has_text {
             open.has_text = true;
+            self.lossy |= open.dropped;
             // A whitespace run just before this text is part of it.
             if self.indents.len() > open.first_indent as usize
                 && let Some((at, _)) = self.indents.last()
@@ -670,12 +812,39 @@ impl TreeBuilder {
                 self.nodes.push(Node::Text(run));
             }
         }
-        if self.nodes.len() > open.at as usize + 1
-            && let Some(Node::Text(prev)) = self.nodes.last_mut()
-        {
+        let at = open.at as usize;
+        if self.nodes.len() == at + 1 {
+            // No child node yet: the text goes straight into the element, where a
+            // text-only element keeps it (built in place: moving a string just built
+            // stalls on store forwarding). A child element moves it out to a node.
+            if let Some(Node::Element(el)) = self.nodes.get_mut(at) {
+                if let Content::Nodes(nodes) = &el.content
+                    && nodes.is_empty()
+                {
+                    el.content = Content::Text(CompactString::const_new(""), OnceLock::new());
+                }
+                if let Content::Text(t, _) = &mut el.content {
+                    t.push_str(text);
+                    return;
+                }
+            }
+        }
+        let has_nodes = self.nodes.len() > at + 1;
+        if has_nodes && let Some(Node::Text(prev)) = self.nodes.last_mut() {
             prev.push_str(text);
         } else {
             self.nodes.push(Node::Text(CompactString::from(text)));
+        }
+    }
+
+    /// The text an element has so far, if any, becomes its first node: a child element
+    /// follows it.
+    fn text_to_node(&mut self, at: usize) {
+        if let Some(Node::Element(el)) = self.nodes.get_mut(at)
+            && let Content::Text(..) = el.content
+            && let Content::Text(t, _) = std::mem::take(&mut el.content)
+        {
+            self.nodes.push(Node::Text(t));
         }
     }
 
@@ -725,9 +894,10 @@ impl TreeBuilder {
             }
         }
         if let Some(Node::Element(el)) = self.nodes.get_mut(at) {
-            el.text = text;
-            if let Some(children) = children {
-                el.children = OnceLock::from(children);
+            if let Some(t) = text {
+                el.content = Content::Text(t, OnceLock::new());
+            } else if let Some(children) = children {
+                el.content = Content::Nodes(children);
             }
         }
         self.prefixes.truncate(open.prefixes as usize);
@@ -750,11 +920,11 @@ impl TreeBuilder {
     fn open_element(&mut self, start: &BytesStart<'_>, scope: &NsScope) -> Result<(), Error> {
         let name = start.name();
         let name: &str = name.as_ref();
-        let colon = check_qname(name)?;
+        let (name_slot, colon) = self.names.lookup(name)?;
         let mut has_decls = false;
         let mut has_prefixed = false;
         let attrs = if start.attributes_raw().bytes().all(is_xml_space) {
-            Box::default()
+            None
         } else {
             self.attrs.clear();
             let mut attributes = start.attributes();
@@ -790,13 +960,13 @@ impl TreeBuilder {
                 self.attrs
                     .push((CompactString::from(key), CompactString::from(value)));
             }
-            self.attrs.drain(..).collect()
+            Some(Box::new(Attrs(self.attrs.drain(..).collect())))
         };
 
         let prefixes = self.prefixes.len() as u32;
         let mut declares_default = false;
         if has_decls {
-            for (k, v) in &*attrs {
+            for (k, v) in attrs.iter().flat_map(|a| a.0.iter()) {
                 if k == "xmlns" {
                     let prev = std::mem::replace(&mut self.default, Ns::new(v));
                     self.saved_defaults.push(prev);
@@ -818,7 +988,7 @@ impl TreeBuilder {
         // A prefixed attribute needs its prefix declared too (unprefixed ones are in no
         // namespace; `xmlns:` declarations are not attributes in this sense).
         if has_prefixed {
-            for (k, _) in &*attrs {
+            for (k, _) in attrs.iter().flat_map(|a| a.0.iter()) {
                 if let Some((p, _)) = k.split_once(':')
                     && p != "xmlns"
                     && self.resolve_prefix(p, scope).is_none()
@@ -831,6 +1001,10 @@ impl TreeBuilder {
         }
         if let Some(parent) = self.open.last_mut() {
             parent.has_elements = true;
+            if parent.has_text {
+                let at = parent.at as usize;
+                self.text_to_node(at);
+            }
         }
         self.open.push(Open {
             at: self.nodes.len() as u32,
@@ -839,14 +1013,16 @@ impl TreeBuilder {
             declares_default,
             has_elements: false,
             has_text: false,
+            dropped: false,
         });
-        self.nodes.push(Node::Element(Element {
-            name: CompactString::from(name),
-            ns,
-            attrs,
-            text: None,
-            children: OnceLock::new(),
-        }));
+        // A constant element first, then its fields in place: an element built on the
+        // stack and copied in stalls on store forwarding.
+        self.nodes.push(BLANK);
+        if let Some(Node::Element(el)) = self.nodes.last_mut() {
+            el.name.clone_from(self.names.name(name_slot));
+            el.ns = ns;
+            el.attrs = attrs;
+        }
         Ok(())
     }
 

@@ -16,12 +16,27 @@
 //! [`Limits::max_depth`], or a header (with anything before it) larger than
 //! [`Limits::max_header_bytes`] is a `policy-violation`, detected while the bytes are still
 //! arriving: the buffer never holds more than one bound plus one read.
+//!
+//! Two paths read an element, with the same result (the tests check every split):
+//!
+//! - The fast path, for every element after the header: quick-xml parses the element's
+//!   events straight from the buffer as they arrive, and a [`TreeBuilder`] builds the tree
+//!   as it goes, keeping the partial tree between reads. Only the construct the end of the
+//!   buffer cuts (a tag, a text run, a CDATA section) is followed by the framing scan below
+//!   until it is complete, so each byte is scanned about once, not once for framing and
+//!   once more for parsing. quick-xml starts afresh at each resumption, so end tags are
+//!   matched by the builder, and a byte order mark at the start of a resumed text run is
+//!   given back as text.
+//! - The slow path: the framing scan finds the element's end, then [`Element::parse`]
+//!   parses it. The stream header takes it, and so does an element on which the fast path
+//!   met any error: it is read again from its start, so that which error is reported, and
+//!   when, is exactly the framing scan's and then the parser's.
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 use quick_xml::events::Event as QEvent;
 
-use super::element::{Element, NsScope, TreeBuilder, configure};
+use super::element::{Element, NsScope, TreeBuilder, configure, parse_keeping_indents};
 use crate::error::Error;
 use crate::stanza::ns;
 
@@ -613,12 +628,15 @@ impl Reader {
             match self.builder.event(event, &self.scope) {
                 Ok(false) => self.parsed = base + end,
                 Ok(true) => {
-                    let Some(el) = self.builder.take_root() else {
+                    let Some(mut el) = self.builder.take_root() else {
                         return self.fall_back();
                     };
                     let end = base + end;
                     if end > self.limits.max_element_bytes {
                         return Err(self.element_too_large());
+                    }
+                    if self.builder.is_lossy() {
+                        el = parse_keeping_indents(&self.buf[..end], &self.scope)?;
                     }
                     self.buf.advance(end);
                     self.fast = false;
@@ -651,16 +669,6 @@ impl Reader {
 
     /// An error on the fast path: reads the element again on the slow path, from its start.
     fn fall_back(&mut self) -> Result<Option<Event>, Error> {
-        if std::env::var_os("DBGFB").is_some() {
-            eprintln!(
-                "FALLBACK at parsed={} len={} {:?}",
-                self.parsed,
-                self.buf.len(),
-                String::from_utf8_lossy(
-                    &self.buf[self.parsed..(self.parsed + 80).min(self.buf.len())]
-                )
-            );
-        }
         self.leave_fast_path();
         self.mode = Mode::Tag { quote: None };
         self.pos = 1;

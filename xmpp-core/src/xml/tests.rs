@@ -1257,6 +1257,156 @@ fn element_round_trip() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Tree layout: indentation, text-only and mixed content; the fast path
+// ---------------------------------------------------------------------------------------
+
+/// The element `body` (after the server header) decodes to, checked to be the same at
+/// every split of the input and the same as `Element::parse` gives.
+fn decoded(body: &str) -> Element {
+    let mut input = SERVER_HEADER.to_vec();
+    input.extend_from_slice(body.as_bytes());
+    let events = assert_split_invariant(&input);
+    let el = only_element(&events).clone();
+    let parsed = Element::parse(body.trim().as_bytes(), &stream_scope("jabber:client")).unwrap();
+    assert_eq!(el, parsed, "reader and Element::parse differ");
+    el
+}
+
+fn is_text(n: &Node, expected: &str) -> bool {
+    matches!(n, Node::Text(t) if t == expected)
+}
+
+#[test]
+fn indentation_is_dropped_in_element_content() {
+    let el = decoded("<a>\n\t<b>x</b>\n\t<c/>\r\n\t<d>\n\t\t<e/>\n\t</d>\n</a>");
+    assert_eq!(el.nodes().len(), 3);
+    assert!(el.nodes().iter().all(|n| matches!(n, Node::Element(_))));
+    let d = el.get_child("d").unwrap();
+    assert_eq!(d.nodes().len(), 1);
+    assert_eq!(d.text(), "");
+    assert_eq!(el.get_child("b").unwrap().text(), "x");
+
+    // The Contrail layouts parse to the tree their typed values build.
+    let msg = decoded(ROUTE_MESSAGE_BODY);
+    let item = msg.find_descendant("item").unwrap();
+    assert!(item.nodes().iter().all(|n| matches!(n, Node::Element(_))));
+    let nlri = item.find_descendant("nlri").unwrap();
+    assert_eq!(nlri.nodes().len(), 3);
+    assert_eq!(nlri.child_text("address").unwrap(), "10.1.1.4/32");
+}
+
+#[test]
+fn whitespace_of_text_only_elements_is_kept() {
+    for text in [" ", "\n", "\n\t\t", " \n "] {
+        let el = decoded(&format!("<iq><name>{text}</name><other/></iq>"));
+        let name = el.get_child("name").unwrap();
+        assert_eq!(name.text(), text);
+        assert_eq!(name.nodes().len(), 1);
+        assert!(is_text(&name.nodes()[0], text));
+    }
+    // Also when the text-only element is indented itself.
+    let el = decoded("<iq>\n\t<name>\n\t</name>\n</iq>");
+    assert_eq!(el.nodes().len(), 1);
+    assert_eq!(el.get_child("name").unwrap().text(), "\n\t");
+}
+
+#[test]
+fn whitespace_of_mixed_content_is_kept() {
+    // Text before the whitespace: known to be mixed when the runs arrive.
+    let el = decoded("<p>x<b/>\n<c/>\n</p>");
+    let nodes = el.nodes();
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    assert!(is_text(&nodes[0], "x") && is_text(&nodes[2], "\n") && is_text(&nodes[4], "\n"));
+    assert_eq!(el.text(), "x\n\n");
+
+    // Text after the whitespace: found mixed at the end, parsed again keeping the runs.
+    let el = decoded("<p>\n<b/>\n  <c/>\ny &amp; z<d/>\n</p>");
+    let nodes = el.nodes();
+    assert_eq!(nodes.len(), 7, "{nodes:?}");
+    assert!(is_text(&nodes[0], "\n"));
+    assert!(is_text(&nodes[2], "\n  "));
+    assert!(is_text(&nodes[4], "\ny & z"));
+    assert!(is_text(&nodes[6], "\n"));
+    assert_eq!(el.text(), "\n\n  \ny & z\n");
+
+    // A reference right after a run makes it text, merged into one node.
+    let el = decoded("<p><b/>\n&#65;<c/></p>");
+    assert_eq!(el.nodes().len(), 3);
+    assert!(is_text(&el.nodes()[1], "\nA"));
+
+    // Whitespace without a line break is kept, as in the round trip test.
+    let el = decoded("<p><b/> <c/></p>");
+    assert_eq!(el.nodes().len(), 3);
+    assert!(is_text(&el.nodes()[1], " "));
+}
+
+#[test]
+fn byte_order_mark_in_text_at_a_read_boundary_is_kept() {
+    let el = decoded("<p><b/>\u{FEFF}x\u{FEFF}</p>");
+    assert_eq!(el.text(), "\u{FEFF}x\u{FEFF}");
+    let el = decoded("<p>\u{FEFF}</p>");
+    assert_eq!(el.text(), "\u{FEFF}");
+}
+
+#[test]
+fn invalid_names_are_refused_after_valid_ones() {
+    // Names are cached once checked; a different name in the same slot is checked anew.
+    let mut body = Vec::new();
+    for i in 0..300 {
+        body.extend_from_slice(format!("<iq><n{i}/><m-{i}.x/></iq>").as_bytes());
+    }
+    let out = after_header(&body).unwrap();
+    assert_eq!(out.len(), 300);
+    for bad in [
+        "<iq><1n/></iq>",
+        "<iq><n:/></iq>",
+        "<iq><a:b:c/></iq>",
+        "<iq><-x/></iq>",
+    ] {
+        body.extend_from_slice(bad.as_bytes());
+        let mut r = opened(Limits::default(), SERVER_HEADER);
+        r.feed(&body);
+        let mut out = Vec::new();
+        let err = drain(&mut r, &mut out).expect_err(bad);
+        assert_eq!(
+            err.stream_condition(),
+            Some(Condition::NotWellFormed),
+            "{bad}"
+        );
+        body.truncate(body.len() - bad.len());
+    }
+}
+
+#[test]
+fn built_and_parsed_trees_compare_by_content() {
+    let parsed = Element::parse(b"<a><b>x</b><c/></a>", &NsScope::default()).unwrap();
+    let built = Element::new("a")
+        .child(Element::new("b").text_node("x"))
+        .child(Element::new("c"));
+    assert_eq!(parsed, built);
+    assert_eq!(parsed.nodes(), built.nodes());
+    let b = parsed.get_child("b").unwrap();
+    assert_eq!(b.nodes().len(), 1);
+    assert!(is_text(&b.nodes()[0], "x"));
+    assert_eq!(b.clone(), *b);
+    assert_eq!(b.nodes(), b.clone().nodes());
+
+    // Two text nodes stay two; a child after text keeps both.
+    let two = Element::new("t").text_node("x").text_node("y");
+    assert_eq!(two.nodes().len(), 2);
+    assert_eq!(two.text(), "xy");
+    let mut mixed = Element::new("m").text_node("x");
+    mixed.push_child(Element::new("e"));
+    assert_eq!(mixed.nodes().len(), 2);
+    assert_eq!(mixed.text(), "x");
+    assert_eq!(mixed.children().count(), 1);
+    // An empty text node is kept (it writes `<e></e>`).
+    let empty = Element::new("e").text_node("");
+    assert_eq!(empty.nodes().len(), 1);
+    assert_eq!(write(&empty, Style::Compact), b"<e></e>");
+}
+
+// ---------------------------------------------------------------------------------------
 // Performance sanity: linear scans
 // ---------------------------------------------------------------------------------------
 

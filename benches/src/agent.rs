@@ -157,7 +157,7 @@ pub fn write_rfc_publish(out: &mut BytesMut, plan: &Plan, id: u64, entry: &Route
     w.start("pubsub");
     w.attr("xmlns", ns::PUBSUB);
     w.start("publish");
-    w.attr("node", &plan.node);
+    w.attr("node", &plan.publish_node);
     entry.write_item(&mut w, Some(&entry.nlri.prefix.to_string()));
     w.end();
     w.end();
@@ -299,7 +299,7 @@ async fn session_loop(
     // Join: subscribe to the VRF (Contrail: no answer comes) or to the node (RFC: wait for
     // the result, reading with the element parser).
     if rfc {
-        if !publisher {
+        if !publisher || plan.publisher_subscribes {
             let jid = session.jid.clone().unwrap_or_default();
             let sub = Element::new("iq")
                 .attr("type", "set")

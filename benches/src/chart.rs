@@ -58,8 +58,8 @@ pub fn line_chart(
     series: &[Series],
     log_y: bool,
 ) -> String {
-    let (w, h) = (720.0, 440.0);
-    let (left, right, top, bottom) = (80.0, 170.0, 50.0, 60.0);
+    let (w, h) = (780.0, 440.0);
+    let (left, right, top, bottom) = (80.0, 220.0, 50.0, 60.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
     let xs: Vec<f64> = series

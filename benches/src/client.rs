@@ -185,7 +185,18 @@ async fn open_inner(
             limits: Limits::default(),
         },
     };
-    let mut neg = ClientNegotiator::new(policy);
+    let mut neg = match login {
+        // The library's own standard client profile: SASL EXTERNAL with the certificate,
+        // restart, bind.
+        Login::Rfc { resource, .. } => ClientNegotiator::with_login(
+            policy,
+            xmpp_core::negotiate::Login {
+                credentials: vec![xmpp_core::sasl::Credentials::External { authzid: None }],
+                resource: Some(resource.clone()),
+            },
+        ),
+        Login::Contrail { .. } => ClientNegotiator::new(policy),
+    };
     let mut stage = Stage::Plain(Counted(tcp));
     let mut out = BytesMut::new();
     // The same loop as `xmpp_core::io::connect`, kept here to own the raw stream after.
@@ -238,7 +249,12 @@ async fn open_inner(
             domain, resource, ..
         } => {
             write_all(io.as_mut(), &mut out).await?;
+            jid = negotiated.jid.as_ref().map(ToString::to_string);
             let mut features = negotiated.features.clone().unwrap_or_default();
+            if jid.is_some() {
+                // Authenticated and bound by the negotiator.
+                features = Features::default();
+            }
             if !features.mechanisms.is_empty() {
                 if !features.mechanisms.iter().any(|m| m == "EXTERNAL") {
                     bail!(

@@ -265,7 +265,7 @@ pub async fn run_once(opts: &RunOpts) -> Result<RunResult> {
         plan.server = addr;
         plan.epoch_us = now_us(0);
         let sample = || pid.map(procstat::sample).unwrap_or_default();
-        if plan.profile == Profile::Rfc {
+        if plan.profile == Profile::Rfc && !plan.publisher_subscribes {
             rfc_setup(&plan, pki.as_ref().context("PKI")?).await?;
         }
         let deadline = Instant::now() + Duration::from_secs(plan.timeout_s + 5);

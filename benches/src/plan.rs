@@ -77,8 +77,14 @@ pub struct Plan {
     pub domain: String,
     /// RFC profile: the pubsub service JID.
     pub pubsub: String,
-    /// RFC profile: the node.
+    /// RFC profile: the node subscribers subscribe to (Prosody, ejabberd: `bench`; our
+    /// control node: the VRF name).
     pub node: String,
+    /// RFC profile: the node items are published to (our control node: `1/1/<VRF>`).
+    pub publish_node: String,
+    /// RFC profile: the publisher subscribes too (our control node accepts routes only in a
+    /// VRF the client subscribed to, spec §6.5) and the node is not created first.
+    pub publisher_subscribes: bool,
     /// RFC profile: publishes in flight before waiting for results.
     pub window: u32,
     /// Publisher pacing in routes per second (0: as fast as the socket takes them).
@@ -186,6 +192,8 @@ mod tests {
             domain: String::new(),
             pubsub: String::new(),
             node: String::new(),
+            publish_node: String::new(),
+            publisher_subscribes: false,
             window: 50,
             rate: 0,
             timeout_s: 1,

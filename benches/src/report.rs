@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Everything measured in one run.
+/// Everything measured in one run. Fields missing from older JSON lines read as zero.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunResult {
     /// Free-form label (`--label`).
     pub label: String,

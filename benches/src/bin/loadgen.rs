@@ -208,7 +208,19 @@ fn opts(a: &RunArgs) -> RunOpts {
             pki_dir,
             domain: "ccert.localhost".into(),
             pubsub: "pubsub.localhost".into(),
-            node: "bench".into(),
+            // Our control node serves VRFs as nodes (subscribe to the VRF, publish to
+            // `AFI/SAFI/VRF`); Prosody and ejabberd get one node `bench`, created first.
+            node: if a.server == ServerKind::ControlNode {
+                Plan::vrf_name(0)
+            } else {
+                "bench".into()
+            },
+            publish_node: if a.server == ServerKind::ControlNode {
+                format!("1/1/{}", Plan::vrf_name(0))
+            } else {
+                "bench".into()
+            },
+            publisher_subscribes: a.server == ServerKind::ControlNode,
             window: a.window.max(1),
             rate: a.rate,
             timeout_s: c.timeout,

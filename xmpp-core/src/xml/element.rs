@@ -143,7 +143,7 @@ impl fmt::Debug for Element {
 }
 
 /// A resolved namespace name. Cloning one never allocates; only namespaces that are not
-/// in [`known_ns`] touch a reference count.
+/// in [`KNOWN_NS`] touch a reference count.
 #[derive(Clone)]
 enum Ns {
     /// An entry of [`KNOWN_NS`] (a reference to it keeps `Ns` at two words).
@@ -475,6 +475,8 @@ impl Element {
     ///
     /// The framing reader has already rejected restricted-XML constructs and checked the
     /// size and depth bounds; this is the well-formedness and tree-building step.
+    /// Indentation is not kept (see the module documentation); mixed content found to
+    /// have lost some is parsed a second time, keeping it.
     pub fn parse(bytes: &[u8], scope: &NsScope) -> Result<Element, Error> {
         let mut builder = TreeBuilder::default();
         let el = parse_into(&mut builder, bytes, scope, false)?;
@@ -702,6 +704,8 @@ impl TreeBuilder {
     /// which the caller filters. (Only a flag is returned, not the element: moving an
     /// element through every event's result costs more than the event.)
     pub(crate) fn event(&mut self, event: &Event<'_>, scope: &NsScope) -> Result<bool, Error> {
+        // The common events here; the rest, and every error, out of line (a smaller
+        // function for the hot path).
         match event {
             Event::Start(start) => {
                 self.open_element(start, scope)?;
@@ -717,34 +721,56 @@ impl TreeBuilder {
                     Some(Node::Element(el)) if el.name.as_str() == end.name().as_ref() => {
                         Ok(self.close_element())
                     }
-                    Some(Node::Element(el)) => Err(Error::NotWellFormed(format!(
-                        "end tag </{}> does not match <{}>",
-                        end.name().as_ref(),
-                        el.name
-                    ))),
-                    _ => Err(Error::NotWellFormed("unbalanced end tag".into())),
+                    _ => Err(self.end_mismatch(end.name().as_ref())),
                 }
             }
-            Event::Text(t) => {
-                if self.open.is_empty() {
-                    if t.bytes().all(is_xml_space) {
-                        return Ok(false);
-                    }
-                    return Err(Error::NotWellFormed("text outside the element".into()));
-                }
+            Event::Text(t) if !self.open.is_empty() => {
                 let class = classify_text(t.as_bytes());
                 if class & TEXT_SPECIAL == 0 {
                     self.push_run(t, class);
+                    Ok(false)
                 } else {
-                    // XML 1.0 §2.4: "]]>" may not appear literally in content.
-                    if t.contains("]]>") {
-                        return Err(Error::NotWellFormed("']]>' in character data".into()));
-                    }
-                    let content = t.xml10_content();
-                    check_chars(&content)?;
-                    self.push_run(&content, classify_text(content.as_bytes()));
+                    self.special_text(t)
                 }
-                Ok(false)
+            }
+            other => self.other_event(other),
+        }
+    }
+
+    #[cold]
+    fn end_mismatch(&self, end: &str) -> Error {
+        let open = self.open.last().map(|o| o.at as usize);
+        match open.and_then(|at| self.nodes.get(at)) {
+            Some(Node::Element(el)) => {
+                Error::NotWellFormed(format!("end tag </{end}> does not match <{}>", el.name))
+            }
+            _ => Error::NotWellFormed("unbalanced end tag".into()),
+        }
+    }
+
+    /// Text that needs checks or normalisation (see `TEXT_SPECIAL`).
+    #[inline(never)]
+    fn special_text(&mut self, t: &quick_xml::events::BytesText<'_>) -> Result<bool, Error> {
+        // XML 1.0 §2.4: "]]>" may not appear literally in content.
+        if t.contains("]]>") {
+            return Err(Error::NotWellFormed("']]>' in character data".into()));
+        }
+        let content = t.xml10_content();
+        check_chars(&content)?;
+        self.push_run(&content, classify_text(content.as_bytes()));
+        Ok(false)
+    }
+
+    /// The events other than start and end tags and text in an element.
+    #[inline(never)]
+    fn other_event(&mut self, event: &Event<'_>) -> Result<bool, Error> {
+        match event {
+            Event::Text(t) => {
+                // Outside the element (the text inside is handled by `event`).
+                if t.bytes().all(is_xml_space) {
+                    return Ok(false);
+                }
+                Err(Error::NotWellFormed("text outside the element".into()))
             }
             Event::CData(t) => {
                 if self.open.is_empty() {
@@ -769,7 +795,7 @@ impl TreeBuilder {
                 Err(Error::RestrictedXml("processing instruction".into()))
             }
             Event::DocType(_) => Err(Error::RestrictedXml("DOCTYPE".into())),
-            Event::Eof => Ok(false),
+            Event::Start(_) | Event::Empty(_) | Event::End(_) | Event::Eof => Ok(false),
         }
     }
 
@@ -860,7 +886,9 @@ impl TreeBuilder {
         let mut children = None;
         if self.indents.len() == first_indent || (open.has_elements && !open.has_text) {
             // Element content: any whitespace runs are indentation.
-            self.indents.truncate(first_indent);
+            if self.indents.len() > first_indent {
+                self.indents.truncate(first_indent);
+            }
             match self.nodes.len() - first {
                 0 => {}
                 1 if matches!(self.nodes.last(), Some(Node::Text(_))) => {
@@ -900,7 +928,10 @@ impl TreeBuilder {
                 el.content = Content::Nodes(children);
             }
         }
-        self.prefixes.truncate(open.prefixes as usize);
+        // (Truncating calls the elements' drop even when there is nothing to drop.)
+        if self.prefixes.len() > open.prefixes as usize {
+            self.prefixes.truncate(open.prefixes as usize);
+        }
         if open.declares_default
             && let Some(d) = self.saved_defaults.pop()
         {

@@ -590,9 +590,10 @@ impl Reader {
     fn fast_path(&mut self) -> Result<Option<Event>, Error> {
         const BOM: &[u8] = b"\xEF\xBB\xBF";
         let mut base = self.parsed;
-        if base > 0 && self.buf[base..].starts_with(BOM) {
-            // quick-xml would drop U+FEFF at the start of its input as a byte order mark;
-            // here it is character data of an open element.
+        while base > 0 && self.buf[base..].starts_with(BOM) {
+            // quick-xml would drop U+FEFF at the start of its input as a byte order mark
+            // (without counting it in its position); here it is character data of an open
+            // element.
             self.builder.push_text("\u{FEFF}");
             base += BOM.len();
             self.parsed = base;
@@ -646,7 +647,11 @@ impl Reader {
                     self.mode = Mode::Between;
                     return Ok(Some(Event::Element(el)));
                 }
-                Err(_) => return self.fall_back(),
+                Err(e) => {
+                    // Moved out in every arm: no drop glue to call for each event.
+                    drop(e);
+                    return self.fall_back();
+                }
             }
         };
         // The buffer ends inside the construct at `cut_at`: follow it with the framing

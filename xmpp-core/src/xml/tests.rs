@@ -1346,6 +1346,9 @@ fn byte_order_mark_in_text_at_a_read_boundary_is_kept() {
     assert_eq!(el.text(), "\u{FEFF}x\u{FEFF}");
     let el = decoded("<p>\u{FEFF}</p>");
     assert_eq!(el.text(), "\u{FEFF}");
+    // Several in a row: each would be dropped, and not counted, by a fresh quick-xml.
+    let el = decoded("<p><b/>\u{FEFF}\u{FEFF}\u{FEFF}x</p>");
+    assert_eq!(el.text(), "\u{FEFF}\u{FEFF}\u{FEFF}x");
 }
 
 #[test]
@@ -1404,6 +1407,99 @@ fn built_and_parsed_trees_compare_by_content() {
     let empty = Element::new("e").text_node("");
     assert_eq!(empty.nodes().len(), 1);
     assert_eq!(write(&empty, Style::Compact), b"<e></e>");
+}
+
+/// Random bodies from valid and invalid pieces: fed whole, split anywhere and byte by
+/// byte, the reader (fast path, with its fallback) must give the same elements or the
+/// same error condition, and the same elements as `Element::parse`.
+#[test]
+fn fast_path_agrees_with_itself_and_the_parser_on_random_input() {
+    let mut seed: u64 = 0x1234_5678_9abc_def0;
+    let mut rnd = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let pieces: &[&str] = &[
+        "<a>",
+        "</a>",
+        "<b x='1'>",
+        "</b>",
+        "<c/>",
+        "<d y=\"a>b\" z='&lt;'/>",
+        "text",
+        " ",
+        "\n",
+        "\n\t\t",
+        "&amp;",
+        "&#65;",
+        "&foo;",
+        "<![CDATA[x<y]]>",
+        "<!-- c -->",
+        "<?pi x?>",
+        "\u{FEFF}",
+        "\r\n",
+        "]]>",
+        "<e:f/>",
+        "<p:q xmlns:p='urn:p'>",
+        "</p:q>",
+        "<1x/>",
+        "&",
+        "<g xmlns='urn:g'>",
+        "</g>",
+        "\u{e9}",
+        "\t",
+        "<h>\n</h>",
+        "<i>  </i>",
+        "&#xD;",
+        "&#1;",
+        "<![CDATA[]]>",
+        "\r",
+        "<j a='1' a='2'/>",
+        "<k xmlns:p=''/>",
+        "</n>",
+        "<o",
+        "p>",
+        "<q r='<'/>",
+        "<a>x<c/>\n<c/>\n</a>",
+        "<a>\n<c/>\n<c/>y</a>",
+    ];
+    let scope = stream_scope("jabber:client");
+    for _ in 0..1000 {
+        let mut body = String::from("<iq>");
+        for _ in 0..rnd(14) {
+            body.push_str(pieces[rnd(pieces.len())]);
+        }
+        body.push_str("</iq>");
+        let mut input = SERVER_HEADER.to_vec();
+        input.extend_from_slice(body.as_bytes());
+        let whole = read_chunks(Limits::default(), [&input[..]]).map(merge_ws);
+        // (The element may also still be incomplete: a piece can open a tag it never ends.)
+        if let Ok(events) = &whole
+            && events.iter().any(|e| matches!(e, Event::Element(_)))
+        {
+            let parsed = Element::parse(body.as_bytes(), &scope).unwrap();
+            assert_eq!(only_element(events), &parsed, "{body:?}");
+        }
+        let same = |other: Result<Vec<Event>, Error>, how: &str| match (&whole, other) {
+            (Ok(a), Ok(b)) => assert_eq!(a, &merge_ws(b), "{body:?} {how}"),
+            (Err(a), Err(b)) => {
+                assert_eq!(a.stream_condition(), b.stream_condition(), "{body:?} {how}");
+            }
+            (a, b) => panic!("{body:?} {how}: {a:?} / {b:?}"),
+        };
+        for i in (SERVER_HEADER.len()..=input.len()).step_by(1 + rnd(4)) {
+            same(
+                read_chunks(Limits::default(), [&input[..i], &input[i..]]),
+                &format!("split at {i}"),
+            );
+        }
+        same(
+            read_chunks(Limits::default(), input.chunks(1)),
+            "byte by byte",
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

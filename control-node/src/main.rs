@@ -32,18 +32,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut overrides = args.set.clone();
-    for d in &args.dotted {
-        match d.strip_prefix("--") {
-            Some(o) => overrides.push(o.to_owned()),
-            None => {
-                eprintln!(
-                    "control-node: unexpected argument {d:?} (overrides look like --DEFAULT.key=value)"
-                );
-                return ExitCode::from(2);
-            }
+    let overrides = match xmpp_core::config::collect_overrides(&args.set, &args.dotted) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("control-node: {e}");
+            return ExitCode::from(2);
         }
-    }
+    };
     let (config, warnings) = match Config::load(args.conf_file.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -132,7 +127,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone(), tls));
     info!(hostname = %config.hostname, auth = config.auth_enable, "control-node starting");
     let (_shared, task) = control_node::spawn(settings, xmpp, http, shutdown);
-    ready();
+    xmpp_core::systemd::notify_ready_logged();
     task.await.context("server task")?;
     info!("control-node stopped");
     Ok(())
@@ -169,13 +164,4 @@ async fn signals(shutdown: CancellationToken, tls: Option<ServerTls>) {
     }
     info!("shutting down");
     shutdown.cancel();
-}
-
-/// Tells systemd (Type=notify) that the listeners are bound and the daemon is serving.
-fn ready() {
-    match xmpp_core::systemd::notify_ready() {
-        Ok(true) => info!("readiness sent to systemd"),
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot notify systemd of readiness"),
-    }
 }

@@ -32,18 +32,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut overrides = args.set.clone();
-    for d in &args.dotted {
-        match d.strip_prefix("--") {
-            Some(o) => overrides.push(o.to_owned()),
-            None => {
-                eprintln!(
-                    "dns-node: unexpected argument {d:?} (overrides look like --DEFAULT.key=value)"
-                );
-                return ExitCode::from(2);
-            }
+    let overrides = match xmpp_core::config::collect_overrides(&args.set, &args.dotted) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dns-node: {e}");
+            return ExitCode::from(2);
         }
-    }
+    };
     let (config, warnings) = match Config::load(args.conf_file.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -138,7 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     info!(hostname = %config.hostname, auth = config.auth_enable,
         grace_secs = config.record_grace.as_secs(), "dns-node starting");
     let (_shared, task) = dns_node::spawn(settings, xmpp, dns_udp, dns_tcp, http, shutdown);
-    ready();
+    xmpp_core::systemd::notify_ready_logged();
     task.await.context("server task")?;
     info!("dns-node stopped");
     Ok(())
@@ -175,13 +170,4 @@ async fn signals(shutdown: CancellationToken, tls: Option<ServerTls>) {
     }
     info!("shutting down");
     shutdown.cancel();
-}
-
-/// Tells systemd (Type=notify) that the listeners are bound and the daemon is serving.
-fn ready() {
-    match xmpp_core::systemd::notify_ready() {
-        Ok(true) => info!("readiness sent to systemd"),
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot notify systemd of readiness"),
-    }
 }

@@ -33,18 +33,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut overrides = args.set.clone();
-    for d in &args.dotted {
-        match d.strip_prefix("--") {
-            Some(o) => overrides.push(o.to_owned()),
-            None => {
-                eprintln!(
-                    "vrouter-agent: unexpected argument {d:?} (overrides look like --SECTION.key=value)"
-                );
-                return ExitCode::from(2);
-            }
+    let overrides = match xmpp_core::config::collect_overrides(&args.set, &args.dotted) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("vrouter-agent: {e}");
+            return ExitCode::from(2);
         }
-    }
+    };
     let (config, warnings) = match Config::load(args.conf_file.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -159,7 +154,7 @@ async fn run(
         "vrouter-agent starting");
     let (agent, task) =
         vrouter_agent::spawn(settings(&config, tls, dns_tls), http, ipc, shutdown.clone());
-    ready();
+    xmpp_core::systemd::notify_ready_logged();
     signals(agent, shutdown, conf_file, overrides).await;
     task.await.context("agent task")?;
     info!("vrouter-agent stopped");
@@ -213,13 +208,4 @@ async fn signals(
     }
     info!("shutting down");
     shutdown.cancel();
-}
-
-/// Tells systemd (Type=notify) that the listeners are bound and the daemon is serving.
-fn ready() {
-    match xmpp_core::systemd::notify_ready() {
-        Ok(true) => info!("readiness sent to systemd"),
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot notify systemd of readiness"),
-    }
 }

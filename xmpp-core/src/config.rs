@@ -1281,6 +1281,24 @@ fn closest_section(schema: &Schema, name: &str) -> Option<&'static str> {
         .map(|(_, name)| name)
 }
 
+/// Collects command-line overrides: `--set SECTION.key=value` values and Contrail's dotted
+/// form `--SECTION.key=value` (passed through as trailing arguments). Anything else in the
+/// trailing arguments is an error message for the caller to print.
+pub fn collect_overrides(set: &[String], dotted: &[String]) -> Result<Vec<String>, String> {
+    let mut out = set.to_vec();
+    for d in dotted {
+        match d.strip_prefix("--") {
+            Some(o) => out.push(o.to_owned()),
+            None => {
+                return Err(format!(
+                    "unexpected argument {d:?} (overrides look like --SECTION.key=value)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Maps Contrail's sandesh log levels onto `tracing` filters; anything else is passed
 /// through (so `debug` or `control_node=trace` work too).
 pub fn log_filter(level: &str) -> String {

@@ -10,6 +10,16 @@ pub fn notify_ready() -> std::io::Result<bool> {
     notify("READY=1")
 }
 
+/// [`notify_ready`], logging the outcome (daemons call this once their listeners are
+/// bound).
+pub fn notify_ready_logged() {
+    match notify_ready() {
+        Ok(true) => tracing::info!("readiness sent to systemd"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify systemd of readiness"),
+    }
+}
+
 /// Tells systemd the service is stopping.
 pub fn notify_stopping() -> std::io::Result<bool> {
     notify("STOPPING=1")

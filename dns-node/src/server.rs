@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use xmpp_core::io::Timing;
 use xmpp_core::stream::Dialect;
 use xmpp_core::tls::ServerTls;
@@ -322,50 +321,20 @@ pub async fn expire_records(shared: Arc<Shared>) {
 
 /// Accepts XMPP connections until `shutdown`, then waits (bounded) for sessions to close.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, tls = shared.settings.tls.is_some(), "XMPP server listening");
-    }
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((tcp, addr)) => {
-                shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    shared.metrics.refused_limit.fetch_add(1, Ordering::Relaxed);
-                    warn!(peer = %addr, limit = shared.settings.max_connections,
-                        "connection refused: xmpp_max_connections reached");
-                    drop(tcp);
-                    continue;
-                };
-                let shared = shared.clone();
-                tracker.spawn(async move {
-                    crate::session::run(shared, tcp, addr).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning; anything
-                // else concerns one connection only.
-                warn!(error = %e, "accept failed");
-                if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    tracker.close();
-    if tokio::time::timeout(shared.settings.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("sessions did not close within the drain timeout");
-    }
+    let loop_ = xmpp_core::io::AcceptLoop {
+        max_connections: shared.settings.max_connections,
+        drain_timeout: shared.settings.drain_timeout,
+        shutdown: &shared.shutdown,
+        accepted: &shared.metrics.accepted,
+        refused: &shared.metrics.refused_limit,
+        tls: shared.settings.tls.is_some(),
+    };
+    let s = shared.clone();
+    loop_
+        .run(listener, move |tcp, addr| {
+            crate::session::run(s.clone(), tcp, addr)
+        })
+        .await;
 }
 
 #[cfg(test)]

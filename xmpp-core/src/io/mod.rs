@@ -10,6 +10,7 @@
 //! when it expires the stream ends with [`Error::Timeout`]. Keepalives (`C8 80` for
 //! Contrail, a space for RFC peers) are sent every hold/3 while nothing else was written.
 
+mod accept;
 mod iq;
 mod skip_filler;
 
@@ -21,6 +22,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 
+pub use accept::AcceptLoop;
 pub use iq::{Client, IqTracker};
 pub use skip_filler::SkipFiller;
 
